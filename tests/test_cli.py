@@ -1,0 +1,55 @@
+"The `rlhf_nb` command as a user runs it: a real process, a .jsonl file, a saved tiny model."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+from rlhf_nb.models import tiny_tokenizer, tiny_llama
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+def rlhf_nb(*args, check=True):
+    return subprocess.run(["rlhf_nb", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, check=check)
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    tok = tiny_tokenizer(); tiny_llama(tok).save_pretrained(d / "tiny"); tok.save_pretrained(d / "tiny")
+    good, bad = ["good", "great", "fun"], ["bad", "dull", "weak"]
+    rows = [{"prompt": f"Film {i} was", "completion": f" {good[i % 3]}.", "chosen": f" {good[i % 3]}.", "rejected": f" {bad[i % 3]}."}
+            for i in range(24)]
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "broken.jsonl").write_text(json.dumps({"prompt": "x", "chosen": " a."}) + "\n")
+    return d
+
+def test_help_lists_commands():
+    out = rlhf_nb("--help").stdout
+    for c in ("sft", "rm"): assert c in out
+    assert "--max-steps" in rlhf_nb("sft", "--help").stdout
+
+def test_sft_then_rm(files):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    r = rlhf_nb("sft", "--model", files / "tiny", "--dataset", files / "data.jsonl", "--output-dir", files / "sft",
+                "--max-steps", 4, "--batch-size", 4, "--lr", 1e-3, "--max-length", 32, "--quiet")
+    lines = [json.loads(l) for l in (files / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2, 3, 4]
+    assert {"loss", "lr", "step_time_s"} <= set(lines[0])
+    AutoModelForCausalLM.from_pretrained(files / "sft" / "final")
+    r = rlhf_nb("rm", "--model", files / "sft" / "final", "--dataset", files / "data.jsonl", "--output-dir", files / "rm",
+                "--max-steps", 4, "--batch-size", 4, "--lr", 1e-3, "--max-length", 32, "--quiet",
+                "--eval-dataset", files / "data.jsonl")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 <= summary["eval/accuracy"] <= 1
+    assert "accuracy" in json.loads((files / "rm" / "metrics.jsonl").read_text().splitlines()[0])
+    AutoModelForSequenceClassification.from_pretrained(files / "rm" / "final")
+
+def test_lora_sft_writes_an_adapter_folder(files):
+    rlhf_nb("sft", "--model", files / "tiny", "--dataset", files / "data.jsonl", "--output-dir", files / "lora",
+            "--max-steps", 2, "--batch-size", 4, "--lora-r", 4, "--max-length", 32, "--quiet")
+    assert (files / "lora" / "final" / "adapter_config.json").exists()
+
+def test_bad_input_is_one_clear_line(files):
+    r = rlhf_nb("rm", "--model", files / "tiny", "--dataset", files / "broken.jsonl", "--output-dir", files / "x",
+                "--max-steps", 1, "--quiet", check=False)
+    assert r.returncode == 1
+    assert "rejected" in r.stderr and "Traceback" not in r.stderr
+    r = rlhf_nb("sft", "--model", files / "tiny", "--dataset", files / "nope.jsonl", "--output-dir", files / "x", check=False)
+    assert r.returncode == 1 and "nope.jsonl" in r.stderr
