@@ -53,3 +53,24 @@ def test_bad_input_is_one_clear_line(files):
     assert "rejected" in r.stderr and "Traceback" not in r.stderr
     r = rlhf_nb("sft", "--model", files / "tiny", "--dataset", files / "nope.jsonl", "--output-dir", files / "x", check=False)
     assert r.returncode == 1 and "nope.jsonl" in r.stderr
+
+@pytest.mark.parametrize("cmd,extra", [("dpo", ["--beta", "0.5"]), ("dpo", ["--loss", "robust", "--label-smoothing", "0.1", "--precompute-ref"]),
+                                       ("ipo", ["--tau", "0.5", "--average-logps"]), ("kto", [])])
+def test_preference_commands(files, cmd, extra):
+    out = files / f"{cmd}{len(extra)}"
+    r = rlhf_nb(cmd, "--model", files / "tiny", "--dataset", files / "data.jsonl", "--output-dir", out, "--max-steps", 3,
+                "--batch-size", 4, "--lr", 1e-3, "--max-length", 32, "--quiet", *extra,
+                *(["--eval-dataset", files / "data.jsonl"] if cmd != "kto" else []))
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    names = {"rewards/chosen", "rewards/rejected", "rewards/margins"} | ({"rewards/accuracies", "logps/chosen", "logps/rejected"} if cmd != "kto" else set())
+    assert names <= set(first), set(first)
+    if cmd != "kto": assert "eval/rewards/accuracies" in json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out / "final" / "config.json").exists()
+
+def test_preference_bad_input(files):
+    (files / "same.jsonl").write_text(json.dumps({"prompt": "x", "chosen": " a.", "rejected": " a."}) + "\n")
+    r = rlhf_nb("dpo", "--model", files / "tiny", "--dataset", files / "same.jsonl", "--output-dir", files / "y", check=False)
+    assert r.returncode == 1 and "identical" in r.stderr
+    (files / "one_label.jsonl").write_text("".join(json.dumps({"prompt": "x", "completion": f" {w}.", "label": True}) + "\n" for w in "abcd"))
+    r = rlhf_nb("kto", "--model", files / "tiny", "--dataset", files / "one_label.jsonl", "--output-dir", files / "z", check=False)
+    assert r.returncode == 1 and "desirable" in r.stderr
