@@ -74,3 +74,18 @@ def test_preference_bad_input(files):
     (files / "one_label.jsonl").write_text("".join(json.dumps({"prompt": "x", "completion": f" {w}.", "label": True}) + "\n" for w in "abcd"))
     r = rlhf_nb("kto", "--model", files / "tiny", "--dataset", files / "one_label.jsonl", "--output-dir", files / "z", check=False)
     assert r.returncode == 1 and "desirable" in r.stderr
+
+def test_ppo_with_a_reward_function_file(files):
+    (files / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Film {i} was"}) + "\n" for i in range(8)))
+    (files / "rewards.py").write_text("def short(prompts, completions):\n    return [-len(c) / 10 for c in completions]\n")
+    out = files / "ppo"
+    r = rlhf_nb("ppo", "--model", files / "tiny", "--dataset", files / "prompts.jsonl", "--output-dir", out,
+                "--reward-fn", f"{files / 'rewards.py'}:short", "--max-steps", 2, "--batch-size", 4, "--ppo-epochs", 2,
+                "--max-new-tokens", 8, "--kl-target", 2.0, "--quiet")
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"objective/kl", "objective/scores", "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg",
+            "loss/policy_avg", "loss/value_avg", "val/num_eos_tokens"} <= set(rows[0])
+    assert rows[0]["policy/clipfrac_avg"] == 0.0                  # first minibatch: ratio exactly 1
+    assert (out / "final" / "config.json").exists() and (out / "final" / "value_model").exists()
+    r = rlhf_nb("ppo", "--model", files / "tiny", "--dataset", files / "prompts.jsonl", "--output-dir", out, check=False)
+    assert r.returncode == 1 and "--reward-model" in r.stderr
