@@ -1,15 +1,19 @@
 """Write README.md from nbs/index.ipynb where Quarto (and so `nbdev_readme`) is not available.
 
-Markdown cells are copied as they are; code cells become ```python blocks with their stored text outputs; cells
+Markdown cells are copied as they are (relative links re-rooted at nbs/); code cells become ```python blocks with their stored text outputs; cells
 marked `#| hide` are left out and nbdev directives are stripped — what `nbdev_readme` renders, without Quarto.
 Usage: python tools/readme.py [--check]   (--check: exit 1 if README.md is out of date)."""
-import sys
+import re, sys
 from pathlib import Path
 from execnb.nbio import read_nb
 from nbdev.process import extract_directives
 
+def _from_root(md: str) -> str:
+    "Relative links in nbs/index.ipynb point into nbs/; README.md sits one folder up."
+    return re.sub(r"\]\((?!https?://|#|/|nbs/)([^)\s]+)\)", r"](nbs/\1)", md)
+
 def cell_md(cell):
-    if cell.cell_type == "markdown": return cell.source.strip()
+    if cell.cell_type == "markdown": return _from_root(cell.source.strip())
     directives = extract_directives(cell, remove=True)
     if "hide" in directives or not cell.source.strip(): return None
     out = [f"```python\n{cell.source.strip()}\n```"]
