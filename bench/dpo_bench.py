@@ -94,7 +94,7 @@ def run_trl(steps, precompute):
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=B, max_steps=steps, learning_rate=1e-5,
                      logging_steps=10**6, report_to="none", bf16=False, save_strategy="no", max_length=None,
                      precompute_ref_log_probs=precompute, dataloader_num_workers=0, max_grad_norm=0.0,
-                     use_cpu=True, disable_tqdm=True, seed=0)
+                     use_cpu=True, disable_tqdm=True, seed=0, gradient_checkpointing=False)   # TRL defaults to True
     base = rss_mib()                        # like the others: before the trainer tokenizes and prepares anything
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=datasets.Dataset.from_list(rows(B * steps)),
                          processing_class=tok, callbacks=[Timer()])

@@ -49,7 +49,8 @@ def run_trl(updates):
                      gradient_accumulation_steps=1, num_ppo_epochs=EPOCHS, response_length=NEW, temperature=0.7,
                      total_episodes=PROMPTS * updates, learning_rate=1e-5, report_to="none", num_sample_generations=0,
                      save_strategy="no", use_cpu=True, bf16=False, logging_steps=10**6, seed=0, kl_coef=0.05,
-                     local_rollout_forward_batch_size=PROMPTS, stop_token=None, max_grad_norm=0.0)
+                     local_rollout_forward_batch_size=PROMPTS, stop_token=None, max_grad_norm=0.0,
+                     gradient_checkpointing=False)   # TRL defaults to True; neither side checkpoints here
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
                          train_dataset=ds, value_model=value, callbacks=[Timer()])
     t0 = time.perf_counter(); trainer.train()
