@@ -12,8 +12,8 @@ import datasets
 
 # %% auto #0
 __all__ = ['load_rows', 'DataReport', 'tokenize_sft', 'tokenize_preferences', 'unpair_preferences', 'tokenize_unpaired',
-           'tokenize_prompts', 'pad_sequences', 'SFTCollator', 'PreferenceCollator', 'UnpairedCollator',
-           'PromptCollator']
+           'tokenize_prompts', 'pad_sequences', 'SFTCollator', 'PreferenceCollator', 'add_mismatched_completions',
+           'UnpairedCollator', 'PromptCollator']
 
 # %% ../nbs/01_data.ipynb #779d96ea
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -447,19 +447,34 @@ class PreferenceCollator:
 # %% ../nbs/01_data.ipynb #4a094c25
 def _ids(x) -> list[int]: return x.tolist() if torch.is_tensor(x) else list(x)
 
+def add_mismatched_completions(ds: datasets.Dataset, # from `tokenize_unpaired`: prompt_input_ids, completion_input_ids
+                               seed: int = 0, # the shuffle that picks each row's partner
+                              ) -> datasets.Dataset:
+    "Add `kl_completion_input_ids`: for each row, the completion of another row with a different prompt, fixed per row."
+    prompts, comps = [tuple(_ids(p)) for p in ds["prompt_input_ids"]], ds["completion_input_ids"]
+    order, n = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist(), len(ds)
+    partner = [0] * n
+    for j, i in enumerate(order):
+        k = 1
+        while k < n and prompts[order[(j + k) % n]] == prompts[i]: k += 1   # skip rows that share the prompt
+        partner[i] = order[(j + k) % n]
+    return ds.add_column("kl_completion_input_ids", [comps[p] for p in partner])
+
 def _kl_pair(row: dict, other: dict, max_length: int | None = None) -> tuple[list[int], list[int]]:
-    "Row's prompt + other row's completion: (input_ids, labels), cut to `max_length`."
-    ids, labels = _join(_ids(row["prompt_input_ids"]), _ids(other["completion_input_ids"]))
+    "Row's prompt + its mismatched completion (`kl_completion_input_ids`, else `other`'s completion): (input_ids, labels), cut to `max_length`."
+    comp = row["kl_completion_input_ids"] if "kl_completion_input_ids" in row else other["completion_input_ids"]
+    ids, labels = _join(_ids(row["prompt_input_ids"]), _ids(comp))
     return ids[:max_length], labels[:max_length]
 
 class UnpairedCollator:
-    "KTO batches: matched input_ids/attention_mask/labels (B, T), `desirable` (B,), and mismatched kl_* (B, T) pairing prompt i with completion (i+1) % B."
+    "KTO batches: matched input_ids/attention_mask/labels (B, T), `desirable` (B,), and the mismatched kl_* (B, T)."
     def __init__(self, pad_token_id: int, max_length: int | None = None):
         self.pad_token_id, self.max_length = _check_pad_id(pad_token_id), max_length
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         B = len(rows)
-        if B < 2: raise ValueError("KTO's reference point needs >= 2 rows per batch (each prompt is paired with another "
-                                   "row's completion): use batch_size >= 2 and drop_last=True")
+        if B < 2 and "kl_completion_input_ids" not in rows[0]:
+            raise ValueError("KTO's reference point needs >= 2 rows per batch (each prompt is paired with another "
+                             "row's completion), or rows prepared by add_mismatched_completions")
         kl = [_kl_pair(rows[b], rows[(b + 1) % B], self.max_length) for b in range(B)]
         ids, mask = pad_sequences([r["input_ids"] for r in rows] + [k[0] for k in kl], self.pad_token_id)   # (2B, T)
         labels, _ = pad_sequences([r["labels"] for r in rows] + [k[1] for k in kl], -100)                  # (2B, T)

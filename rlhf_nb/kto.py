@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from .core import masked_mean, sequence_logps
 from .models import reference_model, frozen_copy, is_peft
-from .data import load_rows, tokenize_unpaired, unpair_preferences, UnpairedCollator
+from .data import load_rows, tokenize_unpaired, unpair_preferences, add_mismatched_completions, UnpairedCollator
 from .train import TrainConfig, Trainer
 from .dpo import _check_logps, _check_positive, concatenated_logps
 
 # %% auto #0
-__all__ = ['kto_reference_kl', 'kto_loss', 'kto_weights', 'kto_metrics', 'kto_batch', 'KTOConfig', 'kto']
+__all__ = ['kto_reference_kl', 'kto_loss', 'kto_weights', 'kto_metrics', 'kto_batch', 'kto_prepare', 'KTOConfig', 'kto']
 
 # %% ../nbs/16_kto.ipynb #07c11745
 def kto_reference_kl(policy_mismatched_logps: torch.Tensor, # (M,) log π_θ(y_j|x_i) on mismatched pairs, j ≠ i
@@ -101,21 +101,41 @@ def kto_metrics(rewards: torch.Tensor, # (B,) β·(log π_θ − log π_ref), de
             "logps/chosen": masked_mean(lp, d), "logps/rejected": masked_mean(lp, ~d), "kl": kl.detach().float()}
 
 # %% ../nbs/16_kto.ipynb #912858ab
+def _reference_point(model: nn.Module, batch: dict, ref: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Reference log-probs of the matched rows (B,), and the mismatched log-ratios log π_θ − log π_ref (B,), without gradients."
+    # no-grad passes first, so their activations are gone before the policy's (kept for backward) pile up
+    with reference_model(model, ref) as m: ref_logps, ref_kl_logps = concatenated_logps(m, _with_mismatched(batch))  # (B,), (B,)
+    with torch.no_grad(): policy_kl_logps = _logps(model, batch, "kl_")          # (B,) only feeds the detached ẑ₀
+    return ref_logps, policy_kl_logps - ref_kl_logps
+
 def kto_batch(model: nn.Module, # the policy
-              batch: dict, # from `UnpairedCollator`: matched rows, `desirable`, mismatched `kl_*` rows
+              batch: dict, # from `UnpairedCollator` (matched rows, `desirable`, mismatched `kl_*` rows), maybe with `kto_prepare`'s `ref_logps`, `kl_ref`
               ref: nn.Module | None = None, # a separate reference; None = the peft policy with its adapters off
               beta: float = 0.1, # β
               desirable_weight: float = 1.0, # λ_D
               undesirable_weight: float = 1.0, # λ_U
              ) -> tuple[torch.Tensor, dict]: # mean loss, metrics
-    "One KTO step: policy log-probs (mismatched rows without grad), reference log-probs in one forward, ẑ₀, `kto_loss`; mean loss and metrics."
-    # no-grad passes first, so their activations are gone before the policy's (kept for backward) pile up
-    with reference_model(model, ref) as m: ref_logps, ref_kl_logps = concatenated_logps(m, _with_mismatched(batch))  # (B,), (B,)
-    with torch.no_grad(): policy_kl_logps = _logps(model, batch, "kl_")          # (B,) only feeds the detached ẑ₀
+    "One KTO batch: reference log-probs and ẑ₀ (the step's, from `kto_prepare`, else this batch's), policy log-probs, `kto_loss`."
+    if "kl_ref" in batch: ref_logps, z0 = batch["ref_logps"], batch["kl_ref"]
+    else:
+        ref_logps, kl_ratios = _reference_point(model, batch, ref)
+        z0 = kto_reference_kl(kl_ratios, torch.zeros_like(kl_ratios))            # scalar, detached
     policy_logps = _logps(model, batch)                                           # (B,) with grad
-    z0 = kto_reference_kl(policy_kl_logps, ref_kl_logps)                          # scalar, detached
     losses, rewards = kto_loss(policy_logps, ref_logps, batch["desirable"], z0, beta, desirable_weight, undesirable_weight)
     return losses.mean(), kto_metrics(rewards, policy_logps, batch["desirable"], z0)
+
+def kto_prepare(trainer, # the `Trainer` (its model and accelerator)
+                micro: list[dict], # the micro-batches of one optimizer step on this process
+                ref: nn.Module | None = None, # as in `kto_batch`
+               ) -> list[dict]:
+    "The loop's `prepare_step` for KTO: each micro-batch's reference log-probs, and one ẑ₀ from the whole step on every process."
+    ratios = []
+    for b in micro: b["ref_logps"], r = _reference_point(trainer.model, b, ref); ratios.append(r.float())
+    r = torch.cat(ratios)                                                         # (rows of the step,)
+    total = trainer.acc.reduce(torch.stack([r.sum(), r.new_tensor(float(len(r)))]), "sum")   # over processes
+    z0 = (total[0] / total[1]).clamp(min=0)                                       # = kto_reference_kl of every row
+    for b in micro: b["kl_ref"] = z0
+    return micro
 
 # %% ../nbs/16_kto.ipynb #48759938
 @dataclass
@@ -134,16 +154,6 @@ def _unpaired_rows(rows):
     cols = set(rows[0]) if isinstance(rows, (list, tuple)) and rows else set(getattr(rows, "column_names", ()))
     return unpair_preferences(rows) if "chosen" in cols and "label" not in cols else rows
 
-def _no_batch_of_one(ds, batch_size: int):
-    "`ds`, without its last row if the last batch would otherwise hold a single row (said out loud)."
-    if batch_size < 2:
-        raise ValueError(f"kto: batch_size={batch_size}, but KTO pairs each prompt with another row's completion "
-                         "for its reference point: use batch_size >= 2")
-    if len(ds) % batch_size != 1: return ds
-    print(f"kto: {len(ds)} rows in batches of {batch_size} would leave a last batch of 1 row, which has no other row "
-          f"to pair with; dropping the last row ({len(ds) - 1} rows used)")
-    return ds.select(range(len(ds) - 1))
-
 def _loss_weights(cfg: KTOConfig, desirable: list) -> tuple[float, float]:
     "(λ_D, λ_U): `kto_weights` of the counts when both are None, else the given ones (a None one is 1)."
     if cfg.desirable_weight is None and cfg.undesirable_weight is None:
@@ -157,7 +167,7 @@ def _loss_weights(cfg: KTOConfig, desirable: list) -> tuple[float, float]:
 def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft or not)
         tokenizer, # with a pad token
         rows, # unpaired prompt/completion/label rows, or paired prompt/chosen/rejected rows (split in two)
-        config: TrainConfig | None = None, # how to optimise (batch_size >= 2)
+        config: TrainConfig | None = None, # how to optimise
         kto: KTOConfig | None = None, # β, the loss weights, the data lengths
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
        ) -> Trainer:
@@ -165,11 +175,12 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     kto, config = kto or KTOConfig(), config or TrainConfig()
     _check_positive("kto", "beta", kto.beta)
     ds, _ = tokenize_unpaired(_unpaired_rows(rows), tokenizer, max_length=kto.max_length, max_prompt_length=kto.max_prompt_length)
-    ds = _no_batch_of_one(ds, config.batch_size)
+    ds = add_mismatched_completions(ds, seed=config.seed)                 # the mismatched pairs, fixed per row
     lam_d, lam_u = _loss_weights(kto, ds["desirable"])
     if ref_model is None and not is_peft(model): ref_model = frozen_copy(model)
     batch_fn = partial(kto_batch, ref=ref_model, beta=kto.beta, desirable_weight=lam_d, undesirable_weight=lam_u)
     trainer = Trainer(model, batch_fn, ds, UnpairedCollator(tokenizer.pad_token_id, kto.max_length), config,
-                      tokenizer=tokenizer, frozen=() if ref_model is None else (ref_model,))
+                      tokenizer=tokenizer, frozen=() if ref_model is None else (ref_model,),
+                      prepare_step=partial(kto_prepare, ref=ref_model))
     trainer.fit()
     return trainer

@@ -13,8 +13,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TINY_CHAT_TEMPLATE', 'tiny_tokenizer', 'tiny_llama', 'ensure_pad_token', 'load_tokenizer',
-           'load_causal_lm', 'add_lora', 'is_peft', 'frozen_copy', 'reference_model', 'load_scalar_model', 'score_head',
-           'token_scores', 'last_token_index', 'scalar_scores']
+           'load_causal_lm', 'add_lora', 'is_peft', 'frozen_copy', 'reference_model', 'disable_dropout',
+           'load_scalar_model', 'score_head', 'token_scores', 'last_token_index', 'scalar_scores']
 
 # %% ../nbs/02_models.ipynb #f49ffaa9
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -137,6 +137,14 @@ def reference_model(policy: nn.Module, # the policy being trained (peft or not)
     try:
         with torch.no_grad(), m.disable_adapter(): yield m
     finally: m.train(was_training)
+
+# %% ../nbs/02_models.ipynb #c94b8983
+def disable_dropout(model: nn.Module) -> nn.Module:
+    "Set every dropout probability in `model` to 0 (`nn.Dropout` modules and attention dropout), in place; returns `model`."
+    for m in model.modules():
+        if isinstance(m, nn.Dropout): m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float): m.attention_dropout = 0.0
+    return model
 
 # %% ../nbs/02_models.ipynb #64102e5f
 def load_scalar_model(name_or_path: str, # hub id or local folder: a causal LM (new head) or a saved scalar model

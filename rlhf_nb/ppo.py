@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_ppo.ipynb #7ea72bee
 from __future__ import annotations
-import contextlib, copy, os
+import contextlib, copy, os, warnings
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -15,13 +15,13 @@ from fastcore.basics import patch
 from transformers import AutoModelForSequenceClassification, GenerationConfig
 from .core import masked_mean, masked_whiten, token_logps
 from .kl import kl_estimate, kl_penalized_rewards, FixedKLController, AdaptiveKLController
-from .models import reference_model, frozen_copy, is_peft, score_head, token_scores, scalar_scores
+from .models import reference_model, frozen_copy, is_peft, score_head, token_scores, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, split_batch
 
 # %% auto #0
 __all__ = ['gae', 'ppo_policy_loss', 'ppo_value_loss', 'PPOConfig', 'kl_controller', 'truncate_at_stop', 'position_ids_from_mask',
-           'sample_responses', 'score_responses', 'value_model_from', 'PolicyAndValue', 'rollout',
+           'sample_responses', 'score_responses', 'value_model_from', 'PolicyAndValue', 'explained_variance', 'rollout',
            'rollout_minibatches', 'ppo_batch', 'ppo_experience', 'ppo']
 
 # %% ../nbs/13_ppo.ipynb #fe2ab0a1
@@ -127,8 +127,16 @@ class PPOConfig:
     kl_coef: float = 0.05                # β; the initial β when kl_target is set
     kl_target: float | None = None       # KL (nats per response) held by the adaptive controller; None = fixed β
     kl_horizon: float = 10_000           # adaptive controller's horizon, in responses
-    kl_estimator: str = "k1"             # per-token KL in the reward: "k1", "k2" or "k3"
+    kl_estimator: str = "k1"             # per-token KL in the reward: "k1"; "k2"/"k3" optimise another quantity (warned, see 12_kl)
     whiten_rewards: bool = False         # scale each rollout's per-token rewards to unit variance (mean kept)
+
+    def __post_init__(self):
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"PPOConfig.kl_estimator={self.kl_estimator!r}: choose 'k1' (or, knowingly, 'k2' / 'k3')")
+        if self.kl_estimator != "k1":
+            warnings.warn(f"PPOConfig.kl_estimator={self.kl_estimator!r}: as a reward, only k1 gives the gradient of "
+                          "-β·KL(π‖π_ref); k2 and k3 there optimise another quantity and barely penalise the KL near the "
+                          "reference (12_kl). Use 'k1' unless that is what you want.")
 
 def kl_controller(cfg: PPOConfig) -> FixedKLController | AdaptiveKLController:
     "The KL controller `cfg` asks for: adaptive when `kl_target` is set, else fixed."
@@ -227,13 +235,6 @@ def value_model_from(model: nn.Module, # a causal LM or a scalar (reward) model;
     if head.bias is not None: nn.init.zeros_(head.bias)
     return m.train().requires_grad_(True)
 
-def _no_dropout(model: nn.Module) -> nn.Module:
-    "Set every dropout probability in `model` to 0 (nn.Dropout modules and attention dropout), in place."
-    for m in model.modules():
-        if isinstance(m, nn.Dropout): m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float): m.attention_dropout = 0.0
-    return model
-
 # %% ../nbs/13_ppo.ipynb #9fe93ee1
 class PolicyAndValue(nn.Module):
     "The policy and its critic as one module for one optimizer: forward returns (logits, values)."
@@ -290,15 +291,25 @@ def _score_tokens(model: PolicyAndValue, seq: dict, temperature: float, ref_mode
     return dict(zip(("old_logps", "ref_logps", "old_values", "entropy"), (torch.cat(x) for x in zip(*outs))))
 
 # %% ../nbs/13_ppo.ipynb #53c64e21
+def explained_variance(values: torch.Tensor, # (B, T) the critic's predictions
+                       returns: torch.Tensor, # (B, T) the targets it regresses on
+                       mask: torch.Tensor, # (B, T) response tokens
+                      ) -> torch.Tensor: # 0-d: 1 = perfect, 0 = no better than a constant, < 0 = worse
+    "1 − Var(R̂ − V) / Var(R̂) over the masked tokens: how much of the returns' variance the critic explains."
+    m = mask.bool()
+    r, v = returns[m].double(), values[m].double()
+    return (1 - (r - v).var(unbiased=False) / r.var(unbiased=False).clamp(min=1e-12)).float()
+
 def _rollout_metrics(seq: dict, entropy: torch.Tensor, beta: float, estimator: str) -> dict:
-    "TRL's objective/* metrics of one rollout: sequence sums, averaged over responses."
+    "TRL's objective/* metrics of one rollout (sequence sums, averaged over responses) and the critic's explained variance."
     m, lp, ref = seq["mask"], seq["old_logps"], seq["ref_logps"]
     kl = torch.where(m, lp - ref, 0).sum(1)                               # (B,) Σ_t log π_old/π_ref
     non_score = torch.where(m, -beta * kl_estimate(lp, ref, estimator), 0).sum(1)   # (B,) Σ_t −β k_t
     return {"objective/kl": kl.mean(), "objective/entropy": masked_mean(entropy, m),
             "objective/non_score_reward": non_score.mean(), "objective/rlhf_reward": (seq["scores"] + non_score).mean(),
             "objective/scores": seq["scores"].mean(), "objective/kl_coef": torch.tensor(float(beta)),
-            "val/num_eos_tokens": seq["ended"].sum().float()}
+            "val/num_eos_tokens": seq["ended"].sum().float(),
+            "val/explained_variance": explained_variance(seq["old_values"], seq["returns"], m)}
 
 # %% ../nbs/13_ppo.ipynb #7c460763
 @torch.no_grad()
@@ -372,7 +383,7 @@ def _rollout_rng(trainer: Trainer, update: int):
 
 def ppo_experience(cfg: PPOConfig, tokenizer, kl_ctl, # a `FixedKLController` or `AdaptiveKLController`
                    reward_model=None, reward_fn=None, ref_model=None) -> Callable:
-    "The `experience` hook of `Trainer`: each prompt batch → a rollout → `ppo_epochs` × `num_minibatches` minibatches; updates β."
+    "The `experience` hook of `Trainer`: each prompt batch → a rollout → `ppo_epochs` × `num_minibatches` steps of `grad_accum` micro-batches; updates β."
     def experience(trainer: Trainer, batches):
         for prompts in batches:
             B = len(prompts["input_ids"])
@@ -382,9 +393,12 @@ def ppo_experience(cfg: PPOConfig, tokenizer, kl_ctl, # a `FixedKLController` or
                 ro = rollout(trainer.acc.unwrap_model(trainer.model), prompts, tokenizer, cfg, kl_ctl.value,
                              reward_model, reward_fn, ref_model, chunk=B // cfg.num_minibatches)
             ro["metrics"]["episode"] = torch.tensor(float((update + 1) * n))   # responses sampled so far
+            eos = ro["metrics"]["val/num_eos_tokens"]                    # a count: summed over processes, not averaged
+            ro["metrics"]["val/num_eos_tokens"] = trainer.acc.reduce(eos.to(trainer.acc.device), "sum")
             kl_ctl.update(trainer.acc.reduce(ro["metrics"]["objective/kl"].clone(), "mean").item(), n_steps=n)
             g = torch.Generator().manual_seed(trainer.cfg.seed + update)
-            yield from rollout_minibatches(ro, cfg.ppo_epochs, cfg.num_minibatches * trainer.cfg.grad_accum, g)
+            for mb in rollout_minibatches(ro, cfg.ppo_epochs, cfg.num_minibatches, g):   # one optimizer step each
+                yield split_batch(mb, trainer.cfg.grad_accum)
     return experience
 
 # %% ../nbs/13_ppo.ipynb #a84fcabc
@@ -423,11 +437,11 @@ def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout i
     _check_ppo_args(reward_model, reward_fn, cfg, train_cfg, len(ds))
     ref = ref_model if ref_model is not None or is_peft(policy) else frozen_copy(policy)
     if value_model is None: value_model = value_model_from(reward_model if reward_model is not None else policy)
-    model = PolicyAndValue(_no_dropout(policy), value_model if isinstance(value_model, str) else _no_dropout(value_model))
+    model = PolicyAndValue(disable_dropout(policy), value_model if isinstance(value_model, str) else disable_dropout(value_model))
     kl_ctl = kl_controller(cfg)
     trainer = Trainer(model, partial(ppo_batch, cfg=cfg), ds, PromptCollator(tokenizer.pad_token_id),
                       _loop_config(train_cfg, cfg, len(ds)), tokenizer=tokenizer, frozen=tuple(m for m in (ref, reward_model) if m is not None),
-                      experience=ppo_experience(cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref))
+                      experience=ppo_experience(cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref), normalize="tokens")
     trainer.kl_ctl = kl_ctl
     trainer.acc.register_for_checkpointing(_KLState(kl_ctl))
     trainer.fit()

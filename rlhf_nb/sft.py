@@ -5,9 +5,10 @@
 # %% ../nbs/10_sft.ipynb #2777fd33
 from __future__ import annotations
 from dataclasses import dataclass
+from functools import partial
 import torch
 from torch import nn
-from .core import sequence_logps
+from .core import sequence_logps, token_logps
 from .data import tokenize_sft, SFTCollator
 from .train import TrainConfig, Trainer
 
@@ -22,17 +23,26 @@ def sft_loss(logits: torch.Tensor, # (B, T, V) policy logits for prompt + respon
     return -sequence_logps(logits, labels, average=True)                 # (B,)
 
 # %% ../nbs/10_sft.ipynb #a4370ee0
-def sft_batch(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+def sft_batch(model: nn.Module, batch: dict,
+              per_token: bool = False, # mean over the batch's response tokens instead of the mean of each response's mean
+             ) -> tuple[torch.Tensor, dict]:
     "SFT step: policy forward on `input_ids`, loss on the response tokens; metrics `nll`, `ppl` and `tokens`."
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits   # (B, T, V)
-    loss = sft_loss(logits, batch["labels"]).mean()
-    return loss, {"nll": loss.detach(), "ppl": loss.detach().exp(), "tokens": (batch["labels"] != -100).sum().float()}
+    n_tokens = (batch["labels"] != -100).sum()
+    if per_token: loss = -token_logps(logits, batch["labels"]).sum() / n_tokens.clamp(min=1)
+    else: loss = sft_loss(logits, batch["labels"]).mean()
+    return loss, {"nll": loss.detach(), "ppl": loss.detach().exp(), "tokens": n_tokens.float()}
 
 @dataclass
 class SFTConfig:
-    "How SFT data is tokenized."
+    "How SFT data is tokenized, and how its tokens are weighted."
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
+    loss_per: str = "sequence"            # "sequence": every response weighs the same; "token": every response token does
+
+    def __post_init__(self):
+        if self.loss_per not in ("sequence", "token"):
+            raise ValueError(f"SFTConfig.loss_per={self.loss_per!r}: choose 'sequence' or 'token'")
 
 def sft(model: nn.Module, # a causal LM (peft or not)
         tokenizer, # with a pad token
@@ -43,6 +53,8 @@ def sft(model: nn.Module, # a causal LM (peft or not)
     "Supervised fine-tuning of `model` on `rows` with the shared loop; returns the finished `Trainer`."
     data = data or SFTConfig()
     ds, _ = tokenize_sft(rows, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
-    trainer = Trainer(model, sft_batch, ds, SFTCollator(tokenizer.pad_token_id), config or TrainConfig(), tokenizer=tokenizer)
+    per_token = data.loss_per == "token"
+    trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
+                      config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows")
     trainer.fit()
     return trainer

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #7e999fa7
 from __future__ import annotations
-import json, math, os, shutil, time
+import contextlib, json, math, os, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable
@@ -16,9 +16,11 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 from tqdm.auto import tqdm
 from fastcore.basics import patch
+from .models import disable_dropout
 
 # %% auto #0
-__all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'Trainer', 'train', 'evaluate']
+__all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'MicroBatches', 'split_batch', 'loss_weights', 'Trainer',
+           'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #3e27dfb4
 @dataclass
@@ -28,22 +30,33 @@ class TrainConfig:
     max_steps: int | None = None       # optimizer steps; None = `epochs` passes over the data
     epochs: float = 1.0                # used when max_steps is None
     batch_size: int = 8                # rows per device per micro-batch
-    grad_accum: int = 1                # micro-batches per optimizer step
+    grad_accum: int = 1                # micro-batches per optimizer step: a step sees batch_size × grad_accum rows per device
     lr: float = 1e-5                   # peak learning rate
     weight_decay: float = 0.0
     warmup_steps: int = 0              # linear warmup from 0 to `lr`
-    schedule: str = "cosine"           # decay after warmup: "cosine", "linear" or "constant"
+    schedule: str = "cosine"           # after warmup: "cosine" or "linear" decay to 0, or "constant"
     max_grad_norm: float | None = 1.0  # clip the global gradient norm; None = no clipping
     seed: int = 0
     mixed_precision: str = "no"        # "no", "bf16" or "fp16" (accelerate's autocast)
+    fp32_master_weights: bool = True   # trainable bf16/fp16 weights are kept in fp32; False = pure half-precision training (warned)
+    disable_dropout: bool = True       # switch dropout off in the trained model (the reference runs without it); False keeps it
     log_every: int = 1                 # write metrics every N steps
     save_every: int = 0                # checkpoint every N steps; 0 = no intermediate checkpoints
     keep_checkpoints: int = 2          # keep the newest N checkpoints
-    resume_from: str | None = None     # a checkpoint folder, or "latest" (newest in output_dir/checkpoints)
+    resume_from: str | None = None     # a checkpoint folder, or "latest" (newest in output_dir/checkpoints; none = a fresh start)
     shuffle: bool = True
     progress: bool = True              # tqdm bar on the main process
     log_with: str | None = None        # an accelerate tracker ("tensorboard", "wandb") if installed
     save_final: bool = True            # save_pretrained into output_dir/final at the end
+
+    def __post_init__(self):
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of {sorted(_SCHEDULES)}")
+        for name in ("batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1: raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+# transformers' "constant" ignores warmup; "constant_with_warmup" is constant after it (and equal without it)
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 # %% ../nbs/03_train.ipynb #800b35ac
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -56,30 +69,110 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 class NonFiniteLossError(RuntimeError):
     "Raised when a batch function returns a NaN or infinite loss."
 
+# %% ../nbs/03_train.ipynb #db3e74e9
+class MicroBatches:
+    "Collate a step's rows into micro-batches of `size` rows each (the last one may be shorter)."
+    def __init__(self, collate_fn: Callable, # rows -> one batch
+                 size: int): # rows per micro-batch
+        self.collate_fn, self.size = collate_fn, size
+    def __call__(self, rows: list) -> list:
+        return [self.collate_fn(rows[i:i + self.size]) for i in range(0, len(rows), self.size)]
+
+def split_batch(batch: dict, # collated tensors (rows first) and lists; other values are shared
+                n: int, # number of parts
+               ) -> list[dict]:
+    "Split a batch's rows into `n` nearly equal micro-batches (tensors and lists along their first dimension)."
+    rows = torch.arange(len(next(v for v in batch.values() if torch.is_tensor(v))))
+    parts = [p for p in rows.tensor_split(n) if len(p)]
+    take = lambda v, p: v[p.to(v.device)] if torch.is_tensor(v) and v.ndim else [v[i] for i in p.tolist()] if isinstance(v, list) else v
+    return [{k: take(v, p) for k, v in batch.items()} for p in parts]
+
+# %% ../nbs/03_train.ipynb #4f620001
+def _rows(batch: dict) -> int:
+    "Rows of a collated batch: the length of its first tensor."
+    return len(next(v for v in batch.values() if torch.is_tensor(v)))
+
+def _tokens(batch: dict) -> torch.Tensor:
+    "Tokens in the loss: labels other than -100."
+    return (batch["labels"] != -100).sum()
+
+_NORMALIZE = {"rows": _rows, "tokens": _tokens, "micro_batch": lambda batch: 1}
+
+def loss_weights(micro: list[dict], # the micro-batches of one step on this process
+                 normalize: str | Callable = "rows", # "rows", "tokens", "micro_batch", or batch -> units
+                 accelerator: Accelerator | None = None, # to count the units of every process
+                ) -> torch.Tensor: # (G,) fp32
+    "Weight of each micro-batch's mean loss so that their sum is the mean over the step's units on all processes (× processes, as DDP averages)."
+    units = normalize if callable(normalize) else _NORMALIZE[normalize]
+    n = torch.tensor([float(units(b)) for b in micro])                    # (G,) units per micro-batch
+    if accelerator is None: return n / n.sum()
+    total = accelerator.reduce(n.sum().to(accelerator.device), "sum").cpu()   # units in the whole step
+    return n * accelerator.num_processes / total.clamp(min=1)
+
 # %% ../nbs/03_train.ipynb #16294f54
 class Trainer:
     "The one training loop: `batch_fn(model, batch) -> (loss, metrics)` minimised over `dataset`."
     def __init__(self, model: nn.Module, batch_fn: Callable, dataset, collate_fn: Callable, config: TrainConfig,
-                 tokenizer=None, frozen: tuple[nn.Module, ...] = (), experience: Callable | None = None):
+                 tokenizer=None, frozen: tuple[nn.Module, ...] = (), experience: Callable | None = None,
+                 normalize: str | Callable = "rows", prepare_step: Callable | None = None):
         self.cfg, self.batch_fn, self.tokenizer, self.experience = config, batch_fn, tokenizer, experience
+        self.normalize, self.prepare_step = _check_normalize(normalize), prepare_step
         set_seed(config.seed)
         # several processes without a GPU (torchrun on a CPU): data-parallel on the CPU over gloo
         cpu_ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
-        self.acc = Accelerator(cpu=cpu_ddp, gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
-                               log_with=config.log_with, project_dir=config.output_dir,
+        _allow_precision(config.mixed_precision)
+        self.acc = Accelerator(cpu=cpu_ddp, mixed_precision=config.mixed_precision, log_with=config.log_with,
+                               project_dir=config.output_dir,
                                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
         for m in frozen: m.to(self.acc.device).eval().requires_grad_(False)
-        dl = DataLoader(dataset, batch_size=config.batch_size, shuffle=config.shuffle, collate_fn=collate_fn)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params: raise ValueError("The model has no trainable parameters.")
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.model, self.opt, self.dl = self.acc.prepare(model, opt, dl)
-        self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(self.dl) / config.grad_accum))
+        if config.disable_dropout: disable_dropout(model)
+        _master_weights(model, config)
+        self.model, self.opt, self.dl = self.acc.prepare(model, _optimizer(model, config), _loader(dataset, collate_fn, config, experience))
+        self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(self.dl)))
         # the scheduler counts optimizer steps itself (not prepared: accelerate would step it once per process)
-        self.sched = get_scheduler(config.schedule, self.opt, num_warmup_steps=config.warmup_steps,
+        self.sched = get_scheduler(_SCHEDULES[config.schedule], self.opt, num_warmup_steps=config.warmup_steps,
                                    num_training_steps=self.max_steps)
         self.step, self.epoch, self.batch_in_epoch, self.history = 0, 0, 0, []
         self.out = Path(config.output_dir)
+
+# %% ../nbs/03_train.ipynb #819213b9
+def _check_normalize(normalize):
+    if callable(normalize) or normalize in _NORMALIZE: return normalize
+    raise ValueError(f"normalize={normalize!r}: choose one of {sorted(_NORMALIZE)} or pass a function batch -> units")
+
+def _allow_precision(mixed_precision: str):
+    "Let a later Trainer in the same process use another mixed precision (accelerate keeps one global state)."
+    from accelerate.state import AcceleratorState
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision: AcceleratorState._reset_state()
+
+def _loader(dataset, collate_fn: Callable, cfg: TrainConfig, experience) -> DataLoader:
+    "One item per optimizer step (its micro-batches); with `experience`, one collated batch of `batch_size` rows per item."
+    if experience is not None: return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=cfg.shuffle, collate_fn=collate_fn)
+    return DataLoader(dataset, batch_size=cfg.batch_size * cfg.grad_accum, shuffle=cfg.shuffle,
+                      collate_fn=MicroBatches(collate_fn, cfg.batch_size))
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params: raise ValueError("The model has no trainable parameters.")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+_HALF = (torch.bfloat16, torch.float16)
+
+def _master_weights(model: nn.Module, cfg: TrainConfig):
+    "Upcast trainable half-precision parameters to fp32 (mixed precision keeps the compute in half), unless asked not to."
+    half = [p for p in model.parameters() if p.requires_grad and p.dtype in _HALF]
+    if not half: return
+    if not cfg.fp32_master_weights:
+        warnings.warn(f"training {len(half)} {half[0].dtype} parameter tensors without fp32 master weights: updates below "
+                      "the format's resolution are rounded away. Set fp32_master_weights=True unless memory forbids it.")
+        return
+    frozen_half = any(p.dtype in _HALF for p in model.parameters() if not p.requires_grad)
+    if frozen_half and cfg.mixed_precision == "no":
+        warnings.warn("trainable half-precision parameters next to frozen ones and mixed_precision='no': left as they are; "
+                      "set mixed_precision='bf16' to train them through fp32 master weights")
+        return
+    for p in half: p.data = p.data.float()
 
 # %% ../nbs/03_train.ipynb #6aa1fe2e
 @patch
@@ -126,7 +219,7 @@ def _write_metrics(out: Path, rows: list[dict]):
 # %% ../nbs/03_train.ipynb #db20f161
 @patch
 def _batches(self: Trainer):
-    "Yield micro-batches forever, starting at (epoch, batch_in_epoch); updates the position as it goes."
+    "Yield data-loader items forever, starting at (epoch, batch_in_epoch); updates the position as it goes."
     while True:
         self.dl.set_epoch(self.epoch)
         for i, batch in enumerate(self.dl):
@@ -137,40 +230,51 @@ def _batches(self: Trainer):
 
 # %% ../nbs/03_train.ipynb #b6999420
 @patch
-def train_step(self: Trainer, batches) -> dict:
-    "Run one optimizer step over `grad_accum` micro-batches; returns the step's metrics (averaged over micro-batches and processes)."
-    t0, logs = time.perf_counter(), []
-    for _ in range(self.cfg.grad_accum):
-        batch = next(batches)
-        with self.acc.accumulate(self.model):
+def train_step(self: Trainer, steps) -> dict:
+    "Run one optimizer step over the next item of `steps` (a list of micro-batches); returns the step's weighted metrics."
+    t0, micro = time.perf_counter(), next(steps)
+    if self.prepare_step is not None:
+        with torch.no_grad(), self.acc.autocast(): micro = self.prepare_step(self, micro)
+    w, logs = loss_weights(micro, self.normalize, self.acc), []              # (G,) weights
+    for i, batch in enumerate(micro):
+        sync = contextlib.nullcontext() if i == len(micro) - 1 else self.acc.no_sync(self.model)
+        with sync:
             with self.acc.autocast(): loss, metrics = self.batch_fn(self.model, batch)
-            bad = self.acc.reduce((~torch.isfinite(loss.detach())).float(), "sum")
-            if bad.item() > 0:
-                raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch}, batch "
-                    f"{self.batch_in_epoch}): training stopped before the update; the last checkpoint is "
-                    f"{latest_checkpoint(self.out)}. Lower the learning rate, check the data, or use bf16 instead of fp16.")
-            self.acc.backward(loss)
-            gnorm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm) \
-                if self.cfg.max_grad_norm and self.acc.sync_gradients else None
-            self.opt.step(); self.opt.zero_grad(set_to_none=True)
-        logs.append({"loss": loss, **metrics, **({"grad_norm": gnorm} if gnorm is not None else {})})
-    self.sched.step(); self.step += 1
+            self._check_finite(loss)
+            self.acc.backward(loss * w[i].to(loss.device))
+        logs.append({"loss": loss, **metrics})
+    gnorm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm) if self.cfg.max_grad_norm else None
+    self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
+    self.step += 1
+    return {"step": self.step, **self._step_metrics(logs, w), **({"grad_norm": float(gnorm)} if gnorm is not None else {}),
+            "lr": self.sched.get_last_lr()[0], "step_time_s": time.perf_counter() - t0, "epoch": self.epoch}
+
+@patch
+def _check_finite(self: Trainer, loss: torch.Tensor):
+    "Raise `NonFiniteLossError` on every process if the loss of any process is NaN or infinite."
+    bad = self.acc.reduce((~torch.isfinite(loss.detach())).float(), "sum")
+    if bad.item() > 0:
+        raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch}, batch "
+            f"{self.batch_in_epoch}): training stopped before the update; the last checkpoint is "
+            f"{latest_checkpoint(self.out)}. Lower the learning rate, check the data, or use bf16 instead of fp16.")
+
+@patch
+def _step_metrics(self: Trainer, logs: list[dict], w: torch.Tensor) -> dict:
+    "Each metric averaged over the micro-batches that report it and over processes, with the loss weights."
     keys = list(dict.fromkeys(k for l in logs for k in l))
     as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=self.acc.device).detach().mean()
-    vals = torch.stack([torch.stack([as_t(l[k]) for l in logs if k in l]).mean() for k in keys])
-    vals = self.acc.reduce(vals, "mean")                                 # average over processes
-    return {"step": self.step, **dict(zip(keys, vals.tolist())), "lr": self.sched.get_last_lr()[0],
-            "step_time_s": time.perf_counter() - t0, "epoch": self.epoch}
+    w = w.to(self.acc.device)
+    num = torch.stack([sum(w[i] * as_t(l[k]) for i, l in enumerate(logs) if k in l) for k in keys])
+    den = torch.stack([sum(w[i] for i, l in enumerate(logs) if k in l) for k in keys])
+    num, den = self.acc.reduce(num, "sum"), self.acc.reduce(den, "sum")   # over processes
+    return dict(zip(keys, (num / den).tolist()))
 
 # %% ../nbs/03_train.ipynb #6d29d502
 @patch
 def fit(self: Trainer) -> list[dict]:
     "Train to `max_steps`; returns the logged metrics (also in output_dir/metrics.jsonl)."
     cfg = self.cfg
-    if cfg.resume_from:
-        ckpt = latest_checkpoint(self.out) if cfg.resume_from == "latest" else Path(cfg.resume_from)
-        if ckpt is not None: self.load_checkpoint(ckpt)
-    elif self.acc.is_main_process: _write_metrics(self.out, [])
+    self._start()
     if cfg.log_with: self.acc.init_trackers("rlhf_nb", config={k: v for k, v in asdict(cfg).items() if v is not None})
     self.model.train()
     batches = self._batches() if self.experience is None else self.experience(self, self._batches())
@@ -184,6 +288,18 @@ def fit(self: Trainer) -> list[dict]:
     if cfg.save_final: self.save_final()
     if cfg.log_with: self.acc.end_training()
     return self.history
+
+@patch
+def _start(self: Trainer):
+    "Resume from the asked-for checkpoint; with none to resume from, start fresh: an empty metrics.jsonl, said in one line."
+    ckpt = None
+    if self.cfg.resume_from:
+        ckpt = latest_checkpoint(self.out) if self.cfg.resume_from == "latest" else Path(self.cfg.resume_from)
+        if ckpt is None and self.acc.is_main_process:
+            print(f"resume: no checkpoint in {self.out / 'checkpoints'}; starting a fresh run")
+    if ckpt is not None: self.load_checkpoint(ckpt)
+    elif self.acc.is_main_process: _write_metrics(self.out, [])
+    self.acc.wait_for_everyone()
 
 @patch
 def _log(self: Trainer, row: dict):
@@ -217,11 +333,13 @@ def train(model: nn.Module, # the model to optimise (a transformers or peft mode
           config: TrainConfig | None = None,
           tokenizer=None, # saved beside the final model
           frozen: tuple = (), # other models batch_fn uses (reference, reward model): moved to the device, frozen
-          experience: Callable | None = None, # (trainer, batches) -> batches; on-policy methods only
+          experience: Callable | None = None, # (trainer, batches) -> steps; on-policy methods only
+          normalize: str | Callable = "rows", # how micro-batch losses combine: "rows", "tokens", "micro_batch" or batch -> units
+          prepare_step: Callable | None = None, # (trainer, micro-batches) -> micro-batches, before the step's forwards
          ) -> Trainer:
     "Minimise `batch_fn` over `dataset` with the shared loop; returns the finished `Trainer` (`.history`, `.model`)."
     trainer = Trainer(model, batch_fn, dataset, collate_fn, config or TrainConfig(), tokenizer=tokenizer, frozen=frozen,
-                      experience=experience)
+                      experience=experience, normalize=normalize, prepare_step=prepare_step)
     trainer.fit()
     return trainer
 
