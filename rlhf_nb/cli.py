@@ -21,7 +21,9 @@ def _common(p: argparse.ArgumentParser, lr: float = 1e-5):
     g.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per sequence")
     g.add_argument("--max-prompt-length", type=int, help="a longer prompt keeps its end (default: max-length // 2)")
     g.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank instead of all weights (0 = off)")
-    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision (and bf16 base weights with --lora-r)")
+    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision with fp32 master weights (and bf16 base weights with --lora-r)")
+    g.add_argument("--pure-bf16", action="store_true", help="with --bf16: train bf16 weights without fp32 master copies (less memory, lossy updates)")
+    g.add_argument("--keep-dropout", action="store_true", help="train with the model's dropout on (default: off, as the reference runs without it)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     t = p.add_argument_group("optimisation")
     t.add_argument("--output-dir", required=True, help="metrics.jsonl, checkpoints/ and final/ go here")
@@ -31,10 +33,10 @@ def _common(p: argparse.ArgumentParser, lr: float = 1e-5):
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     t.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"])
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "linear", "constant"], help="after --warmup-steps")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0 = only the final model)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir (none: a fresh start)")
     t.add_argument("--log-with", help="an accelerate tracker: tensorboard or wandb")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -42,7 +44,8 @@ def _train_config(a):
     from rlhf_nb.train import TrainConfig
     return TrainConfig(output_dir=a.output_dir, max_steps=a.max_steps, epochs=a.epochs, batch_size=a.batch_size,
                        grad_accum=a.grad_accum, lr=a.lr, warmup_steps=a.warmup_steps, schedule=a.schedule, seed=a.seed,
-                       mixed_precision="bf16" if a.bf16 else "no", save_every=a.save_every,
+                       mixed_precision="bf16" if a.bf16 else "no", fp32_master_weights=not a.pure_bf16,
+                       disable_dropout=not a.keep_dropout, save_every=a.save_every,
                        resume_from="latest" if a.resume else None, log_with=a.log_with, progress=not a.quiet)
 
 # %% ../nbs/40_cli.ipynb #fd4400d4
@@ -63,10 +66,19 @@ def _rows(a, source: str | None = None):
     from rlhf_nb.data import load_rows
     return load_rows(source or a.dataset, split=a.split)
 
+def _main_process() -> bool:
+    from rlhf_nb.train import process_state
+    return process_state().is_main_process
+
+def _trained(trainer):
+    "The trained model without its DDP wrapper: held-out evaluation runs on the main process alone."
+    return trainer.acc.unwrap_model(trainer.model)
+
 def _finish(a, trainer, extra: dict | None = None):
-    "Print where things went and the last metrics; write eval metrics beside metrics.jsonl."
+    "On the main process: print where things went and the last metrics; write eval metrics beside metrics.jsonl."
     last = trainer.history[-1] if trainer.history else {}
     summary = {"steps": trainer.step, "final": str(Path(a.output_dir) / "final"), **{k: last[k] for k in ("loss",) if k in last}, **(extra or {})}
+    if not _main_process(): return summary
     if extra: (Path(a.output_dir) / "eval.json").write_text(json.dumps(extra, indent=1))
     print(json.dumps(summary))
     return summary
@@ -74,16 +86,17 @@ def _finish(a, trainer, extra: dict | None = None):
 # %% ../nbs/40_cli.ipynb #6a785cd5
 def _cmd_sft(a):
     "Supervised fine-tuning on prompt/completion or messages rows."
+    from functools import partial
     from rlhf_nb.sft import sft, sft_batch, SFTConfig
     model, tok = _policy(a)
-    data = SFTConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length)
+    data = SFTConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per)
     trainer = sft(model, tok, _rows(a), _train_config(a), data)
     extra = None
-    if a.eval_dataset:
+    if a.eval_dataset and _main_process():
         from rlhf_nb.data import tokenize_sft, SFTCollator
         from rlhf_nb.train import evaluate
         ds, _ = tokenize_sft(_rows(a, a.eval_dataset), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
-        extra = {f"eval/{k}": v for k, v in evaluate(trainer.model, sft_batch, ds, SFTCollator(tok.pad_token_id)).items()}
+        extra = {f"eval/{k}": v for k, v in evaluate(_trained(trainer), partial(sft_batch, per_token=a.loss_per == "token"), ds, SFTCollator(tok.pad_token_id)).items()}
     return _finish(a, trainer, extra)
 
 # %% ../nbs/40_cli.ipynb #65f1ba05
@@ -94,8 +107,8 @@ def _cmd_rm(a):
     rm = RewardConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length, center_coef=a.center_coef)
     trainer = train_reward_model(model, tok, _rows(a), _train_config(a), rm)
     extra = None
-    if a.eval_dataset:
-        ev = evaluate_reward_model(trainer.model, tok, _rows(a, a.eval_dataset), max_length=a.max_length)
+    if a.eval_dataset and _main_process():
+        ev = evaluate_reward_model(_trained(trainer), tok, _rows(a, a.eval_dataset), max_length=a.max_length)
         extra = {f"eval/{k}": v for k, v in ev.items()}
     return _finish(a, trainer, extra)
 
@@ -107,7 +120,7 @@ def _ref(a):
 
 def _eval_set(a, tok, ref_or_policy, average: bool = False):
     "Held-out pairs with their reference log-probs, scored BEFORE training (the untrained policy is the reference)."
-    if not a.eval_dataset: return None
+    if not a.eval_dataset or not _main_process(): return None
     from rlhf_nb.data import tokenize_preferences
     from rlhf_nb.dpo import precompute_reference_logps
     ds, _ = tokenize_preferences(_rows(a, a.eval_dataset), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
@@ -117,7 +130,7 @@ def _eval_prefs(trainer, ds, tok, loss_fn, average: bool = False, **kw):
     "Held-out implicit-reward metrics under TRL's names (`eval/rewards/accuracies`, ...)."
     if ds is None: return None
     from rlhf_nb.dpo import evaluate_preferences
-    ev = evaluate_preferences(trainer.model, ds, tok.pad_token_id, loss_fn=loss_fn, average=average, **kw)
+    ev = evaluate_preferences(_trained(trainer), ds, tok.pad_token_id, loss_fn=loss_fn, average=average, **kw)
     return {f"eval/{k}": v for k, v in ev.items()}
 
 _DPO_LOSSES = {"sigmoid": "dpo_loss", "robust": "robust_dpo_loss", "hinge": "hinge_loss"}
@@ -207,7 +220,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("sft", help="supervised fine-tuning (prompt/completion or messages rows)",
                        description="Maximum likelihood on the response tokens of prompt/completion or messages rows.")
-    _common(s, lr=2e-5); s.set_defaults(fn=_cmd_sft)
+    _common(s, lr=2e-5)
+    s.add_argument("--loss-per", default="sequence", choices=["sequence", "token"],
+                   help="sequence: every response weighs the same; token: every response token does")
+    s.set_defaults(fn=_cmd_sft)
     r = sub.add_parser("rm", help="Bradley–Terry reward model (prompt/chosen/rejected rows)",
                        description="Train a scalar reward model on preference pairs; --model may be a causal LM (a new "
                        "head is added) or a saved reward model.")
@@ -272,3 +288,7 @@ def entry():
     try: main()
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"rlhf_nb: error: {e}", file=sys.stderr); sys.exit(1)
+
+# %% ../nbs/40_cli.ipynb #5c9de5c8
+#| eval: false
+if __name__ == "__main__": entry()                                         # python -m rlhf_nb.cli; torchrun ... -m rlhf_nb.cli

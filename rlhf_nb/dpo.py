@@ -14,12 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 import datasets
-from accelerate import PartialState
 from tqdm.auto import tqdm
 from .core import sequence_logps
 from .models import reference_model, frozen_copy, is_peft
 from .data import tokenize_preferences, PreferenceCollator
-from .train import TrainConfig, Trainer, evaluate
+from .train import TrainConfig, Trainer, evaluate, process_state
 
 # %% auto #0
 __all__ = ['dpo_loss', 'robust_dpo_loss', 'hinge_loss', 'preference_metrics', 'concatenated_logps', 'reference_logps',
@@ -157,7 +156,7 @@ def _reference_pass(model, dataset, pad_token_id: int, batch_size: int, average:
     model.eval()                                                            # no dropout in a reference
     try:
         with reference_model(model, None if is_peft(model) else model) as m:
-            for batch in tqdm(dl, desc="reference log-probs", disable=not PartialState().is_main_process):
+            for batch in tqdm(dl, desc="reference log-probs", disable=not process_state().is_main_process):
                 logps = concatenated_logps(m, {k: v.to(device) for k, v in batch.items()}, average)
                 for c, lp in zip(_REF_COLUMNS, logps): cols[c] += lp.float().cpu().tolist()
     finally: model.train(was_training)
@@ -199,7 +198,7 @@ def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, 
     if cache is not None and cache.exists(): cols = _load_reference(cache, len(dataset), average)
     else:
         cols = _reference_pass(ref_or_policy, dataset, pad_token_id, batch_size, average)
-        if cache is not None and PartialState().is_main_process: _save_reference(cols, cache, average)
+        if cache is not None and process_state().is_main_process: _save_reference(cols, cache, average)
     dataset = dataset.remove_columns([c for c in _REF_COLUMNS if c in dataset.column_names])
     for c in _REF_COLUMNS: dataset = dataset.add_column(c, cols[c])
     return dataset
@@ -262,7 +261,7 @@ def _check_loss(loss_fn: Callable, kwargs: dict):
 def _setup_reference(model, ref_model, ds, pad_token_id: int, cfg, batch_size: int):
     "The dataset and the reference the batch function needs: precomputed columns (no model), `ref_model`, None (adapters off) or a frozen copy."
     if cfg.precompute_ref:
-        src, state = (model if ref_model is None else ref_model), PartialState()
+        src, state = (model if ref_model is None else ref_model), process_state()
         with state.main_process_first():
             ds = precompute_reference_logps(src.to(state.device), ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
         return ds, None

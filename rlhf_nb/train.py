@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import get_scheduler
 from tqdm.auto import tqdm
@@ -19,8 +19,8 @@ from fastcore.basics import patch
 from .models import disable_dropout
 
 # %% auto #0
-__all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'MicroBatches', 'split_batch', 'loss_weights', 'Trainer',
-           'train', 'evaluate']
+__all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'process_state', 'MicroBatches', 'split_batch',
+           'loss_weights', 'Trainer', 'train', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #3e27dfb4
 @dataclass
@@ -68,6 +68,14 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 # %% ../nbs/03_train.ipynb #ec46da08
 class NonFiniteLossError(RuntimeError):
     "Raised when a batch function returns a NaN or infinite loss."
+
+def _cpu_ddp() -> bool:
+    "Several processes without a GPU (torchrun on a CPU): data-parallel on the CPU over gloo."
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
+
+def process_state() -> PartialState:
+    "accelerate's process state as the `Trainer` starts it; use it (not a bare `PartialState()`) in code that runs before a Trainer."
+    return PartialState(cpu=_cpu_ddp())
 
 # %% ../nbs/03_train.ipynb #db3e74e9
 class MicroBatches:
@@ -118,10 +126,8 @@ class Trainer:
         self.cfg, self.batch_fn, self.tokenizer, self.experience = config, batch_fn, tokenizer, experience
         self.normalize, self.prepare_step = _check_normalize(normalize), prepare_step
         set_seed(config.seed)
-        # several processes without a GPU (torchrun on a CPU): data-parallel on the CPU over gloo
-        cpu_ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
         _allow_precision(config.mixed_precision)
-        self.acc = Accelerator(cpu=cpu_ddp, mixed_precision=config.mixed_precision, log_with=config.log_with,
+        self.acc = Accelerator(cpu=_cpu_ddp(), mixed_precision=config.mixed_precision, log_with=config.log_with,
                                project_dir=config.output_dir,
                                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
         for m in frozen: m.to(self.acc.device).eval().requires_grad_(False)

@@ -38,3 +38,47 @@ def test_sigkill_leaves_a_resumable_checkpoint(tmp_path):
     resumed = losses(out)
     subprocess.run([sys.executable, SCRIPT, str(tmp_path / "ref"), "8", "30"], check=True, env=ENV, timeout=300)
     assert resumed == losses(tmp_path / "ref")                      # bit-identical on CPU
+
+
+# --- KTO and evaluation on two processes, through the command line ---------------------------------------------------
+
+def cli_files(d: Path) -> Path:
+    "A saved tiny model and a small preference file in `d`."
+    from rlhf_nb.models import tiny_tokenizer, tiny_llama
+    tok = tiny_tokenizer(); tiny_llama(tok).save_pretrained(d / "tiny"); tok.save_pretrained(d / "tiny")
+    good, bad = ["good", "great", "fun", "lovely"], ["bad", "dull", "weak", "awful"]
+    rows = [{"prompt": f"Film {i} was", "chosen": f" {good[i % 4]} and {'really ' * (i % 3)}{good[(i + 1) % 4]}.", "rejected": f" {bad[i % 4]}."}
+            for i in range(20)]
+    (d / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+def cli(out, procs: int, *args, port: int = 29541):
+    "`rlhf_nb ...` on one process, or on `procs` processes under torchrun; returns the CompletedProcess."
+    launch = [sys.executable, "-m", "rlhf_nb.cli"] if procs == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(port), "-m", "rlhf_nb.cli"]
+    return subprocess.run([*launch, *map(str, args), "--output-dir", out, "--quiet"], env=ENV, timeout=600,
+                          capture_output=True, text=True, check=True)
+
+def test_kto_two_processes_match_one(tmp_path):
+    # ẑ₀ is one number per step over both processes, and the mismatched pairs are fixed per row: 2 × 4 rows on two
+    # processes is the same optimisation as 8 rows on one. (Clamped per process, or paired inside each process's
+    # batch, the two runs would differ.)
+    d = cli_files(tmp_path)
+    common = ["kto", "--model", d / "tiny", "--dataset", d / "prefs.jsonl", "--max-steps", 6, "--lr", 5e-3,
+              "--max-length", 32, "--beta", 0.5]
+    cli(tmp_path / "one", 1, *common, "--batch-size", 8)
+    cli(tmp_path / "two", 2, *common, "--batch-size", 4, port=29542)
+    read = lambda out: [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    one, two = read(tmp_path / "one"), read(tmp_path / "two")
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    assert [r["kl"] for r in two] == pytest.approx([r["kl"] for r in one], rel=1e-4, abs=1e-7)
+    assert one[-1]["kl"] > 0                                           # the policy moved: ẑ₀ is no longer 0
+
+def test_evaluation_runs_once_on_two_processes(tmp_path):
+    d = cli_files(tmp_path)
+    r = cli(tmp_path / "dpo", 2, "dpo", "--model", d / "tiny", "--dataset", d / "prefs.jsonl", "--eval-dataset",
+            d / "prefs.jsonl", "--max-steps", 2, "--batch-size", 4, "--max-length", 32, port=29543)
+    summaries = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    assert len(summaries) == 1, r.stdout                               # one summary, from the main process
+    ev = json.loads((tmp_path / "dpo" / "eval.json").read_text())
+    assert 0 <= ev["eval/rewards/accuracies"] <= 1
