@@ -230,6 +230,7 @@ def evaluate_preferences(model: nn.Module, # the policy
                          **loss_kwargs, # beta, label_smoothing, tau, ...
                         ) -> dict[str, float]: # "loss" and the `preference_metrics`, averaged over pairs
     "Loss and preference metrics of `model` on `dataset`, averaged over pairs, without gradients and in eval mode."
+    if ref is not None: ref.to(next(model.parameters()).device)          # both models on the policy's device
     fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, **loss_kwargs)
     return evaluate(model, fn, dataset, PreferenceCollator(pad_token_id), batch_size=batch_size)
 

@@ -89,3 +89,16 @@ def test_ppo_with_a_reward_function_file(files):
     assert (out / "final" / "config.json").exists() and (out / "final" / "value_model").exists()
     r = rlhf_nb("ppo", "--model", files / "tiny", "--dataset", files / "prompts.jsonl", "--output-dir", out, check=False)
     assert r.returncode == 1 and "--reward-model" in r.stderr
+
+def test_resume_without_a_checkpoint_starts_fresh(files):
+    # a new folder: no crash at the first log; a folder with an old run's metrics but no checkpoint: a fresh metrics file
+    args = ["sft", "--model", files / "tiny", "--dataset", files / "data.jsonl", "--max-steps", 2, "--batch-size", 4,
+            "--max-length", 32, "--quiet", "--resume"]
+    r = rlhf_nb(*args, "--output-dir", files / "new" / "run")
+    assert "starting a fresh run" in r.stdout
+    assert len((files / "new" / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    stale = files / "stale"; stale.mkdir()
+    (stale / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n")
+    rlhf_nb(*args, "--output-dir", stale)
+    assert [json.loads(l)["step"] for l in (stale / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert 9.0 not in [json.loads(l)["loss"] for l in (stale / "metrics.jsonl").read_text().splitlines()]
