@@ -49,17 +49,23 @@ def _train_config(a):
                        resume_from="latest" if a.resume else None, log_with=a.log_with, progress=not a.quiet)
 
 # %% ../nbs/40_cli.ipynb #fd4400d4
+def _source(name: str) -> str:
+    "A local folder as an absolute path (a LoRA adapter saved from it then loads from anywhere); a hub id as it is."
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
 def _policy(a, path: str | None = None):
     from rlhf_nb.models import load_tokenizer, load_causal_lm, add_lora
-    tok = load_tokenizer(path or a.model)
+    path = _source(path or a.model)
+    tok = load_tokenizer(path)
     dtype = torch.bfloat16 if (a.bf16 and a.lora_r) else None
-    model = load_causal_lm(path or a.model, tokenizer=tok, dtype=dtype, gradient_checkpointing=a.gradient_checkpointing)
+    model = load_causal_lm(path, tokenizer=tok, dtype=dtype, gradient_checkpointing=a.gradient_checkpointing)
     return (add_lora(model, r=a.lora_r) if a.lora_r else model), tok
 
 def _scalar(a, path: str | None = None, zero_init: bool = False):
     from rlhf_nb.models import load_tokenizer, load_scalar_model, add_lora
-    tok = load_tokenizer(path or a.model)
-    model = load_scalar_model(path or a.model, tokenizer=tok, zero_init=zero_init)
+    path = _source(path or a.model)
+    tok = load_tokenizer(path)
+    model = load_scalar_model(path, tokenizer=tok, zero_init=zero_init)
     return (add_lora(model, r=a.lora_r, task_type="SEQ_CLS") if a.lora_r else model), tok
 
 def _rows(a, source: str | None = None):
@@ -177,7 +183,7 @@ def _pref_args(p, kto: bool = False):
 def _reward_fn(spec: str):
     "Import `module:function` (a file path may stand for the module: `path/to/file.py:function`)."
     import importlib, importlib.util
-    if ":" not in spec: raise ValueError(f"--reward-fn {spec!r}: expected module:function, e.g. rlhf_nb.sentiment:oracle_reward")
+    if ":" not in spec: raise ValueError(f"--reward-fn {spec!r}: expected module:function, e.g. rlhf_nb.sentiment:sentiment_reward")
     mod, fn = spec.rsplit(":", 1)
     if mod.endswith(".py"):
         sp = importlib.util.spec_from_file_location(Path(mod).stem, mod); m = importlib.util.module_from_spec(sp); sp.loader.exec_module(m)
@@ -206,6 +212,8 @@ def _cmd_demo(a):
     from rlhf_nb.demo import run_demo, DemoConfig
     cfg = DemoConfig.tiny() if a.tiny else DemoConfig.quick() if a.quick else DemoConfig()
     cfg.seed = a.seed
+    for k in ("model", "dataset", "oracle"):                                # a real model / data / classifier (GPU)
+        if getattr(a, k): setattr(cfg, k, getattr(a, k))
     # a 0.5M-parameter model gains little from intra-op threads, and they slow to a crawl when the cores are shared
     if not torch.cuda.is_available(): torch.set_num_threads(a.threads or 1)
     m = run_demo(a.out, cfg, progress=not a.quiet)
@@ -273,6 +281,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true", help="one setting per method, a few minutes on a 2-core CPU")
     m.add_argument("--tiny", action="store_true", help="smoke test: every stage on sizes too small to learn (for CI)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--model", help="a causal LM (hub id or folder) instead of the tiny policy, e.g. gpt2 on a GPU")
+    m.add_argument("--dataset", help="reviews with a `text` column instead of the grammar, e.g. stanfordnlp/imdb")
+    m.add_argument("--oracle", help="a sentiment classifier (hub id or folder) instead of VADER")
     m.add_argument("--threads", type=int, help="torch CPU threads on a CPU-only machine (default: 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(fn=_cmd_demo)

@@ -84,13 +84,20 @@ def load_tokenizer(name_or_path: str, # hub id or local folder
     ensure_pad_token(tok)
     return tok
 
+def _merged_adapter(path: str, dtype, **kwargs) -> nn.Module | None:
+    "The base model with the LoRA adapter of the folder `path` merged in, or None when `path` is no adapter folder."
+    from pathlib import Path
+    if not (Path(path) / "adapter_config.json").exists(): return None
+    from peft import AutoPeftModelForCausalLM
+    return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs).merge_and_unload().requires_grad_(True)
+
 def load_causal_lm(name_or_path: str, # hub id or local `save_pretrained` folder
                    tokenizer=None, # if given, its pad token is set on the model (embeddings resized if needed)
                    dtype: torch.dtype | str | None = None, # e.g. torch.bfloat16; the checkpoint's dtype when None
                    gradient_checkpointing: bool = False,
                    **kwargs) -> nn.Module:
-    "Load a causal LM for training as a policy."
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto", **kwargs)
+    "Load a causal LM for training as a policy; a LoRA adapter folder is loaded onto its base and merged into it."
+    model = _merged_adapter(name_or_path, dtype, **kwargs) or AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto", **kwargs)
     if tokenizer is not None:
         if model.get_input_embeddings().num_embeddings < len(tokenizer): model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -130,6 +130,9 @@ class Trainer:
         self.acc = Accelerator(cpu=_cpu_ddp(), mixed_precision=config.mixed_precision, log_with=config.log_with,
                                project_dir=config.output_dir,
                                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+        if self.acc.distributed_type == "DEEPSPEED" and config.grad_accum > 1:
+            raise ValueError("grad_accum > 1 under DeepSpeed: the loop accumulates itself, which DeepSpeed's engine does not "
+                             "follow; use grad_accum=1 with a larger batch_size, or DDP/FSDP")
         for m in frozen: m.to(self.acc.device).eval().requires_grad_(False)
         if config.disable_dropout: disable_dropout(model)
         _master_weights(model, config)
