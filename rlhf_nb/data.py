@@ -98,45 +98,92 @@ def _messages(x, i: int, field: str) -> list[dict]:
     for j, m in enumerate(x):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ValueError(f"row {i}, field {field!r}, message {j}: expected {{'role': str, 'content': str}}, got {m!r:.80}")
-        if not isinstance(m.get("content"), str):
+        if not isinstance(m.get("content"), str) and not (m.get("content") is None and m.get("tool_calls")):
             raise ValueError(f"row {i}, field {field!r}, message {j}: content must be a string, got {type(m.get('content')).__name__}")
         out.append({k: v for k, v in m.items() if v is not None})
     return out
 
 # %% ../nbs/01_data.ipynb #49ba95b4
-def _chat(tok, msgs: list[dict], i: int, gen: bool = False) -> str:
-    "Messages rendered by the tokenizer's chat template."
+def _chat(tok, msgs: list[dict], i: int, gen: bool = False, **template_kwargs) -> str:
+    "Messages rendered by the tokenizer's chat template (`template_kwargs`: tools, enable_thinking, ...)."
     if tok.chat_template is None:
-        raise ValueError(f"row {i} holds messages but the tokenizer has no chat template: set tokenizer.chat_template, "
-                         "or give the rows as strings")
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        raise ValueError(f"row {i} holds messages but the tokenizer has no chat template: set tokenizer.chat_template "
+                         "(--chat-template FILE on the command line), or give the rows as strings")
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **template_kwargs)
 
-def _chat_response(tok, p_msgs: list, p_text: str, r_msgs: list, i: int, field: str) -> str:
-    "The text the template adds after the rendered prompt for the response messages (ending at EOS if the turn does)."
-    if not r_msgs or not all(m["content"].strip() for m in r_msgs): raise ValueError(f"row {i}, field {field!r}: empty response")
-    full = _chat(tok, p_msgs + r_msgs, i)
-    if not full.startswith(p_text):
+def _special_end(tok, text: str) -> str | None:
+    "The special token `text` ends with, ignoring trailing whitespace (EOS, or an end-of-turn token such as `<end_of_turn>`)."
+    t = text.rstrip()
+    ends = [s for s in [tok.eos_token, *tok.all_special_tokens, *getattr(tok, "added_tokens_encoder", {})] if s and t.endswith(s)]
+    return max(ends, key=len, default=None)
+
+def _turn_text(tok, r: str) -> str:
+    "A rendered assistant turn cut right after the special token that closes it (whitespace after it is the next turn's)."
+    end = _special_end(tok, r)
+    return r.rstrip() if end is not None else r
+
+def _chat_response(tok, p_msgs: list, p_text: str, r_msgs: list, i: int, field: str, **kw) -> str:
+    "The text the template adds after the rendered prompt for the response messages, cut after the token that closes the turn."
+    if not r_msgs or not all((m.get("content") or "").strip() or m.get("tool_calls") for m in r_msgs):
+        raise ValueError(f"row {i}, field {field!r}: empty response")
+    full = _chat(tok, p_msgs + r_msgs, i, **kw)
+    if full.startswith(p_text): r = full[len(p_text):]
+    else: r = _after_generation_prompt(tok, p_msgs, p_text, full, i, field, **kw)
+    _check_kept(r, r_msgs, i, field)
+    return _turn_text(tok, r)
+
+# %% ../nbs/01_data.ipynb #a1e75d51
+def _after_generation_prompt(tok, p_msgs: list, p_text: str, full: str, i: int, field: str, **kw) -> str:
+    "The response when the generation prompt holds text the conversation's rendering lacks (e.g. DeepSeek-R1's `<think>\\n`)."
+    p0 = _chat(tok, p_msgs, i, **kw)                                     # the prompt without the generation prompt
+    if not (full.startswith(p0) and p_text.startswith(p0)):
         raise ValueError(f"row {i}: the chat template does not render the prompt (with add_generation_prompt=True) as a "
                          f"prefix of the whole conversation, so the {field!r} tokens cannot be told from the prompt's; "
                          "use a template that does, or pass strings")
-    r = full[len(p_text):]
-    return r.rstrip() if tok.eos_token and r.rstrip().endswith(tok.eos_token) else r
+    gen, conv = p_text[len(p0):], full[len(p0):]                         # "<|Assistant|><think>\n" vs "<|Assistant|>Hi..."
+    n = 0
+    while n < min(len(gen), len(conv)) and gen[n] == conv[n]: n += 1
+    return conv[n:]                                                      # trained after the whole generation prompt
+
+def _check_kept(r: str, r_msgs: list, i: int, field: str):
+    "Refuse a rendering that dropped part of a response message (a template that strips reasoning, say)."
+    for m in r_msgs:
+        c = (m.get("content") or "").strip()
+        if isinstance(c, str) and c and c not in r:
+            raise ValueError(f"row {i}, field {field!r}: the chat template rendered the response without part of its "
+                             f"content ({c[:60]!r}...): training would drop it silently. Pass strings, or content the "
+                             "template keeps (e.g. the final answer without its reasoning)")
 
 def _text_response(r: str, i: int, field: str) -> str:
     "A string response, refused when empty."
     if not r.strip(): raise ValueError(f"row {i}, field {field!r}: empty response")
     return r
 
-def _render(tok, i: int, prompt, responses: dict) -> tuple[str, dict, bool]:
+def _prompt_turn(prompt: str, responses: dict, i: int) -> tuple[list, dict]:
+    "A string prompt beside message-list responses that repeat it (UltraFeedback style): the shared leading messages become the prompt."
+    lists = {f: _messages(r, i, f) for f, r in responses.items()}
+    first = next(iter(lists.values()))
+    n = 0
+    while n < len(first) and first[n]["role"] != "assistant" and all(len(l) > n and l[n] == first[n] for l in lists.values()): n += 1
+    users = [m for m in first[:n] if m["role"] == "user"]
+    if n == 0: return [{"role": "user", "content": prompt}], lists      # the responses are the assistant turns alone
+    if not users or users[-1]["content"].strip() != prompt.strip():
+        raise ValueError(f"row {i}: 'prompt' is a string and the responses are message lists that do not begin with it as "
+                         "a user turn; give the prompt as messages too, or responses that repeat it")
+    return first[:n], {f: l[n:] for f, l in lists.items()}
+
+def _render(tok, i: int, prompt, responses: dict, **kw) -> tuple[str, dict, bool]:
     "The prompt text, each response's text (by field) and whether the chat template rendered them."
-    chat = _kind(prompt, i, "prompt") == "chat"
-    for f, r in responses.items():
-        if (_kind(r, i, f) == "chat") != chat:
-            raise ValueError(f"row {i}: 'prompt' and {f!r} must both be strings or both lists of messages")
-    if not chat: return prompt, {f: _text_response(r, i, f) for f, r in responses.items()}, False
-    p = _messages(prompt, i, "prompt")
-    p_text = _chat(tok, p, i, gen=True)
-    return p_text, {f: _chat_response(tok, p, p_text, _messages(r, i, f), i, f) for f, r in responses.items()}, True
+    kinds = {_kind(r, i, f) for f, r in responses.items()}
+    if len(kinds) > 1: raise ValueError(f"row {i}: the responses must all be strings or all lists of messages")
+    if _kind(prompt, i, "prompt") == "text" and kinds == {"text"}:
+        return prompt, {f: _text_response(r, i, f) for f, r in responses.items()}, False
+    if _kind(prompt, i, "prompt") == "text": p, responses = _prompt_turn(prompt, responses, i)
+    elif kinds == {"text"}: raise ValueError(f"row {i}: 'prompt' is a list of messages but the responses are strings; "
+                                             "give the responses as messages, e.g. [{'role': 'assistant', 'content': ...}]")
+    else: p = _messages(prompt, i, "prompt")
+    p_text = _chat(tok, p, i, gen=True, **kw)
+    return p_text, {f: _chat_response(tok, p, p_text, _messages(r, i, f), i, f, **kw) for f, r in responses.items()}, True
 
 # %% ../nbs/01_data.ipynb #d2da08b9
 def _encode(tok, texts: list[str], add_special: list[bool]) -> list[list[int]]:
@@ -148,16 +195,17 @@ def _encode(tok, texts: list[str], add_special: list[bool]) -> list[list[int]]:
             for j, ids in zip(idx, tok([texts[j] for j in idx], add_special_tokens=flag)["input_ids"]): out[j] = list(ids)
     return out
 
-def _with_eos(ids: list[int], eos: int) -> list[int]:
-    "`ids` ending with exactly one EOS: appended unless already there."
-    return ids if ids and ids[-1] == eos else ids + [eos]
+def _with_eos(ids: list[int], eos: int, closed: bool = False) -> list[int]:
+    "`ids` ending with exactly one EOS: appended unless already there, or unless the template `closed` the turn itself."
+    return ids if ids and (ids[-1] == eos or closed) else ids + [eos]
 
 def _encode_rows(tok, rendered: list) -> list[tuple[list[int], dict]]:
-    "(prompt ids, {field: response ids + EOS}) per rendered row."
+    "(prompt ids, {field: response ids ending the turn}) per rendered row."
     p_ids = _encode(tok, [p for p, _, _ in rendered], [not chat for _, _, chat in rendered])
     fields = list(rendered[0][1])
     r_ids = {f: tok([r[f] for _, r, _ in rendered], add_special_tokens=False)["input_ids"] for f in fields}
-    return [(p, {f: _with_eos(list(r_ids[f][j]), tok.eos_token_id) for f in fields}) for j, p in enumerate(p_ids)]
+    closed = lambda j, f: rendered[j][2] and _special_end(tok, rendered[j][1][f]) is not None   # e.g. <end_of_turn>
+    return [(p, {f: _with_eos(list(r_ids[f][j]), tok.eos_token_id, closed(j, f)) for f in fields}) for j, p in enumerate(p_ids)]
 
 # %% ../nbs/01_data.ipynb #6700cfc3
 @dataclass
@@ -224,12 +272,16 @@ def _records(rows) -> list[dict]:
         if not isinstance(r, dict): raise ValueError(f"row {i} is a {type(r).__name__}, not a dict of fields")
     return recs
 
-def _prepare(rows, tok, split_row, max_length: int, max_prompt_length, on_overflow: str):
+def _template_kwargs(row: dict, chat_template_kwargs: dict | None) -> dict:
+    "What the chat template gets besides the messages: `chat_template_kwargs`, and the row's `tools` when it has them."
+    return {**(chat_template_kwargs or {}), **({"tools": row["tools"]} if row.get("tools") else {})}
+
+def _prepare(rows, tok, split_row, max_length: int, max_prompt_length, on_overflow: str, chat_template_kwargs=None):
     "Check the arguments, read the rows and render each: (records, [(prompt text, {field: text}, chat?)], prompt budget)."
     _check_tokenizer(tok)
     mpl = _check_lengths(max_length, max_prompt_length, on_overflow)
     recs = _records(rows)
-    return recs, [_render(tok, i, *split_row(r, i)) for i, r in enumerate(recs)], mpl
+    return recs, [_render(tok, i, *split_row(r, i), **_template_kwargs(r, chat_template_kwargs)) for i, r in enumerate(recs)], mpl
 
 def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str):
     "Tokenize the rendered rows and fit each into `max_length`: ([(row, prompt ids, {field: ids})], DataReport)."
@@ -278,9 +330,10 @@ def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messag
                  max_length: int = 512, # tokens per sequence, EOS included
                  max_prompt_length: int | None = None, # a long prompt is cut to no fewer tokens; max_length // 2 when None
                  on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
+                 chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
                 ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize SFT rows into `input_ids` and `labels` (-100 on the prompt), unpadded; numeric columns carried along."
-    recs, rendered, mpl = _prepare(rows, tokenizer, _sft_split, max_length, max_prompt_length, on_overflow)
+    recs, rendered, mpl = _prepare(rows, tokenizer, _sft_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
     rendered = [(p, {"completion": next(iter(r.values()))}, c) for p, r, c in rendered]
     kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow)
     extras = _extra_columns(recs[0], {"prompt", "completion", "messages", "text"})
@@ -288,10 +341,26 @@ def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messag
     return _finish(out, report, "tokenize_sft", max_length=max_length, max_prompt_length=mpl)
 
 # %% ../nbs/01_data.ipynb #8a47c3b6
+_TURN_MARKERS = ("\n\nAssistant:", "\nAssistant:", "Assistant:")   # Anthropic HH's turn format
+
+def _implicit_text_prompt(c: str, r: str, i: int) -> tuple[str, dict]:
+    "Prompt = the text `chosen` and `rejected` share, cut at the last assistant turn marker in it, else before the last word."
+    n = 0
+    while n < min(len(c), len(r)) and c[n] == r[n]: n += 1
+    shared = c[:n]
+    cut = max((shared.rfind(m) + len(m) for m in _TURN_MARKERS if m in shared), default=-1)
+    if cut < 0:                                                           # no turn marker: a word boundary, never inside a token
+        cut = max(shared.rstrip().rfind(" "), shared.rstrip().rfind("\n"))
+    if cut <= 0 or not c[cut:].strip() or not r[cut:].strip():
+        raise ValueError(f"row {i}: 'chosen' and 'rejected' share no prompt that ends at a turn or word boundary, or one "
+                         "is the start of the other: give a `prompt` column")
+    return c[:cut], {"chosen": c[cut:], "rejected": r[cut:]}
+
 def _implicit_prompt(row: dict, i: int):
-    "Prompt = the first messages `chosen` and `rejected` share; the rest of each is its response."
-    c = _messages(_field(row, "chosen", i, "preference"), i, "chosen")
-    r = _messages(_field(row, "rejected", i, "preference"), i, "rejected")
+    "Prompt = what `chosen` and `rejected` share (leading messages, or text up to a turn boundary); the rest of each is its response."
+    c, r = _field(row, "chosen", i, "preference"), _field(row, "rejected", i, "preference")
+    if isinstance(c, str) and isinstance(r, str): return _implicit_text_prompt(c, r, i)
+    c, r = _messages(c, i, "chosen"), _messages(r, i, "rejected")
     n = 0
     while n < min(len(c), len(r)) and c[n] == r[n]: n += 1
     if n == len(c) or n == len(r):
@@ -300,7 +369,7 @@ def _implicit_prompt(row: dict, i: int):
 
 def _preference_split(row: dict, i: int):
     "(prompt, {'chosen': ..., 'rejected': ...}) of a preference row."
-    if row.get("prompt") is None and isinstance(row.get("chosen"), (list, tuple)): return _implicit_prompt(row, i)
+    if row.get("prompt") is None and row.get("chosen") is not None: return _implicit_prompt(row, i)
     return _field(row, "prompt", i, "preference"), {f: _field(row, f, i, "preference") for f in ("chosen", "rejected")}
 
 def _pair_row(p: list[int], rs: dict) -> dict:
@@ -313,9 +382,10 @@ def tokenize_preferences(rows, # anything `load_rows` accepts: prompt/chosen/rej
                          max_length: int = 512, # tokens per sequence (prompt + response + EOS)
                          max_prompt_length: int | None = None, # a long prompt is cut to no fewer tokens; max_length // 2 when None
                          on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
+                         chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
                         ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize preference rows into chosen/rejected `input_ids` and `labels` (-100 on the prompt); numeric columns carried along."
-    recs, rendered, mpl = _prepare(rows, tokenizer, _preference_split, max_length, max_prompt_length, on_overflow)
+    recs, rendered, mpl = _prepare(rows, tokenizer, _preference_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
     for i, (_, r, _) in enumerate(rendered):
         if r["chosen"] == r["rejected"]:
             raise ValueError(f"row {i}: 'chosen' and 'rejected' are identical, so the row carries no preference: remove it")
@@ -351,9 +421,10 @@ def tokenize_unpaired(rows, # anything `load_rows` accepts: prompt/completion/la
                       max_length: int = 512, # tokens per sequence (prompt + completion + EOS)
                       max_prompt_length: int | None = None, # a long prompt is cut to no fewer tokens; max_length // 2 when None
                       on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
+                      chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
                      ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize KTO rows into `input_ids`, `labels`, `desirable`, `prompt_input_ids` and `completion_input_ids`."
-    recs, rendered, mpl = _prepare(rows, tokenizer, _unpaired_split, max_length, max_prompt_length, on_overflow)
+    recs, rendered, mpl = _prepare(rows, tokenizer, _unpaired_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
     kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow)
     _check_both_labels([bool(recs[i]["label"]) for i, _, _ in kept])
     extras = _extra_columns(recs[0], {"prompt", "completion", "label"})
@@ -362,11 +433,11 @@ def tokenize_unpaired(rows, # anything `load_rows` accepts: prompt/completion/la
     return _finish(out, report, "tokenize_unpaired", max_length=max_length, max_prompt_length=mpl)
 
 # %% ../nbs/01_data.ipynb #480f872e
-def _prompt_text(tok, row: dict, i: int) -> tuple[str, bool]:
+def _prompt_text(tok, row: dict, i: int, chat_template_kwargs: dict | None = None) -> tuple[str, bool]:
     "A prompt's text (messages rendered with the generation prompt) and whether the template rendered it."
     p = _field(row, "prompt", i, "prompt")
     if _kind(p, i, "prompt") == "text": return p, False
-    return _chat(tok, _messages(p, i, "prompt"), i, gen=True), True
+    return _chat(tok, _messages(p, i, "prompt"), i, gen=True, **_template_kwargs(row, chat_template_kwargs)), True
 
 def _fit_prompt(i: int, ids: list[int], max_prompt_length: int, on_overflow: str, bos, report: DataReport):
     "The prompt's ids cut to their last `max_prompt_length` (counted), or None when dropped."
@@ -381,12 +452,13 @@ def tokenize_prompts(rows, # anything `load_rows` accepts with a `prompt` column
                      tokenizer, # with a pad token (and a chat template for messages)
                      max_prompt_length: int = 256, # a longer prompt keeps its last tokens
                      on_overflow: str = "truncate", # "truncate", "drop" or "error" for longer prompts
+                     chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
                     ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize prompts for generation: `input_ids` and the `prompt` text; numeric columns carried along."
     _check_tokenizer(tokenizer); _check_overflow(on_overflow)
     if max_prompt_length < 1: raise ValueError(f"max_prompt_length={max_prompt_length}: a prompt needs at least one token")
     recs = _records(rows)
-    texts = [_prompt_text(tokenizer, r, i) for i, r in enumerate(recs)]
+    texts = [_prompt_text(tokenizer, r, i, chat_template_kwargs) for i, r in enumerate(recs)]
     ids = _encode(tokenizer, [t for t, _ in texts], [not chat for _, chat in texts])
     report, extras = DataReport(rows=len(recs)), _extra_columns(recs[0], {"prompt"})
     fitted = [_fit_prompt(i, x, max_prompt_length, on_overflow, tokenizer.bos_token_id, report) for i, x in enumerate(ids)]

@@ -1,0 +1,109 @@
+"""Every data format on six real Hugging Face tokenizers with their genuine chat templates (../shared/realworld): the
+prompt is masked, each trained response ends with exactly one end-of-turn token that is in the loss, BOS appears
+once, the trained tokens decode back to the response, and one step of SFT / RM / DPO / KTO runs on a tiny random
+model with the tokenizer's vocabulary. Skipped, with the reason, where ../shared is absent (a user's clone)."""
+import warnings
+from pathlib import Path
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from rlhf_nb.models import load_tokenizer
+from rlhf_nb.data import tokenize_sft, tokenize_preferences, tokenize_unpaired, unpair_preferences, tokenize_prompts
+from rlhf_nb.train import TrainConfig
+from rlhf_nb.sft import sft
+from rlhf_nb.reward import train_reward_model
+from rlhf_nb.dpo import dpo, DPOConfig
+from rlhf_nb.kto import kto, KTOConfig
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2] / "shared" / "realworld" / "tokenizers"
+FAMILIES = ["qwen2.5-instruct", "llama-3.1-instruct", "gemma-2-it", "mistral-7b-instruct-v0.3", "deepseek-r1-distill-qwen", "gpt2"]
+pytestmark = pytest.mark.skipif(not ROOT.exists(), reason=f"real tokenizers not found at {ROOT}: ../shared is absent "
+                                "(it is in the project's CI, not in a user's clone)")
+
+USER = {"role": "user", "content": "Which film should I watch tonight?"}
+GOOD, BAD = "Moonrise: it is funny and kind.", "None of them, they are all dull."
+A = lambda text: {"role": "assistant", "content": text}
+FORMATS = {
+    "sft_strings": ("sft", [{"prompt": "Which film should I watch tonight?", "completion": " " + GOOD}]),
+    "sft_messages": ("sft", [{"messages": [USER, A(GOOD)]}]),
+    "sft_prompt_completion_messages": ("sft", [{"prompt": [USER], "completion": [A(GOOD)]}]),
+    "pref_strings": ("pref", [{"prompt": "Which film should I watch tonight?", "chosen": " " + GOOD, "rejected": " " + BAD}]),
+    "pref_messages": ("pref", [{"prompt": [USER], "chosen": [A(GOOD)], "rejected": [A(BAD)]}]),
+    "pref_implicit_messages": ("pref", [{"chosen": [USER, A(GOOD)], "rejected": [USER, A(BAD)]}]),
+    "pref_implicit_strings": ("pref", [{"chosen": f"\n\nHuman: {USER['content']}\n\nAssistant: {GOOD}",
+                                        "rejected": f"\n\nHuman: {USER['content']}\n\nAssistant: {BAD}"}]),
+    "pref_mixed": ("pref", [{"prompt": USER["content"], "chosen": [USER, A(GOOD)], "rejected": [USER, A(BAD)]}]),
+}
+CHAT = {k for k, (_, rows) in FORMATS.items() if isinstance(next(v for v in rows[0].values()), list)
+        or any(isinstance(v, list) for v in rows[0].values())}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tok(request):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_tokenizer(str(ROOT / request.param))
+
+
+def end_ids(tok) -> set:
+    "Tokens that may close a trained turn: EOS and the special tokens a template ends turns with."
+    return {tok.eos_token_id, *tok.all_special_ids} - {tok.pad_token_id if tok.pad_token_id != tok.eos_token_id else None}
+
+
+def check_sequence(tok, ids, labels, response_text):
+    "The invariants of one tokenized (input_ids, labels) sequence."
+    n_prompt = next(i for i, l in enumerate(labels) if l != -100)
+    assert all(l == -100 for l in labels[:n_prompt]) and all(l != -100 for l in labels[n_prompt:]), "prompt masked, response trained"
+    trained = labels[n_prompt:]
+    ends = end_ids(tok)
+    assert trained[-1] in ends, f"the response ends with {tok.decode(trained[-1:])!r}, not an end-of-turn token"
+    assert sum(t == trained[-1] for t in trained) == 1, f"end-of-turn token {tok.decode(trained[-1:])!r} trained more than once"
+    if tok.bos_token_id is not None and tok.bos_token_id != tok.eos_token_id:
+        assert ids.count(tok.bos_token_id) <= 1, "BOS twice"
+    assert tok.decode(trained[:-1]).strip() == response_text.strip(), tok.decode(trained)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_format(tok, fmt):
+    kind, rows = FORMATS[fmt]
+    if tok.chat_template is None and fmt in CHAT:
+        fn = tokenize_sft if kind == "sft" else tokenize_preferences
+        with pytest.raises(ValueError, match="no chat template"): fn(rows, tok)
+        return
+    if kind == "sft":
+        r = tokenize_sft(rows, tok)[0][0]
+        check_sequence(tok, r["input_ids"], r["labels"], GOOD)
+        return
+    r = tokenize_preferences(rows, tok)[0][0]
+    for f, text in (("chosen", GOOD), ("rejected", BAD)):
+        check_sequence(tok, r[f"{f}_input_ids"], r[f"{f}_labels"], text)
+    n = next(i for i, l in enumerate(r["chosen_labels"]) if l != -100)
+    assert r["chosen_input_ids"][:n] == r["rejected_input_ids"][:n], "both responses follow the same prompt ids"
+    u, _ = tokenize_unpaired(unpair_preferences(rows), tok)
+    for row, text in zip(u, (GOOD, BAD)): check_sequence(tok, row["input_ids"], row["labels"], text)
+
+
+def test_prompt_matches_the_chat_prompt(tok):
+    "A message prompt for generation is the same ids the training rows put before their responses."
+    if tok.chat_template is None: pytest.skip("no chat template (GPT-2): string prompts only")
+    gen = tokenize_prompts([{"prompt": [USER]}], tok)[0][0]["input_ids"]
+    r = tokenize_preferences(FORMATS["pref_messages"][1], tok)[0][0]
+    assert r["chosen_input_ids"][:len(gen)] == gen and r["chosen_labels"][len(gen) - 1] == -100 != r["chosen_labels"][len(gen)]
+
+
+def tiny(tok, cls=LlamaForCausalLM):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, num_labels=1)
+    return cls(cfg)
+
+
+def test_one_step_of_each_trainer(tok, tmp_path):
+    chat = tok.chat_template is not None
+    pairs = FORMATS["pref_mixed" if chat else "pref_implicit_strings"][1] * 2
+    sft_rows = FORMATS["sft_messages" if chat else "sft_strings"][1] * 2
+    c = lambda name: TrainConfig(output_dir=str(tmp_path / name), max_steps=1, batch_size=2, progress=False, save_final=False)
+    for t in (sft(tiny(tok), tok, sft_rows, c("sft")), train_reward_model(tiny(tok, LlamaForSequenceClassification), tok, pairs, c("rm")),
+              dpo(tiny(tok), tok, pairs, c("dpo"), DPOConfig(max_length=128)), kto(tiny(tok), tok, pairs, c("kto"), KTOConfig(max_length=128))):
+        assert t.step == 1 and torch.isfinite(torch.tensor(t.history[0]["loss"]))
