@@ -12,12 +12,18 @@ import torch
 __all__ = ['parser', 'main', 'entry']
 
 # %% ../nbs/40_cli.ipynb #3c70f24e
+_COLUMNS = ("prompt", "chosen", "rejected", "completion", "label", "messages", "text")
+
 def _common(p: argparse.ArgumentParser, lr: float = 1e-5):
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, help="hub id or local save_pretrained folder")
     g.add_argument("--dataset", required=True, help="hub id, save_to_disk folder, or .jsonl/.json/.parquet file")
     g.add_argument("--split", default="train", help="dataset split (hub ids and DatasetDict folders)")
+    g.add_argument("--dataset-config", help="the hub dataset's configuration (subset)")
     g.add_argument("--eval-dataset", help="held-out data in the same format, evaluated after training")
+    g.add_argument("--eval-split", help="evaluate on this split of --dataset (or of --eval-dataset)")
+    for col in _COLUMNS: g.add_argument(f"--{col}-key", help=f"the dataset's column to read as `{col}`")
+    g.add_argument("--chat-template", help="a Jinja chat template file for a tokenizer that has none (saved with the model)")
     g.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per sequence")
     g.add_argument("--max-prompt-length", type=int, help="a longer prompt keeps its end (default: max-length // 2)")
     g.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank instead of all weights (0 = off)")
@@ -56,7 +62,7 @@ def _source(name: str) -> str:
 def _policy(a, path: str | None = None):
     from rlhf_nb.models import load_tokenizer, load_causal_lm, add_lora
     path = _source(path or a.model)
-    tok = load_tokenizer(path)
+    tok = _template(a, load_tokenizer(path))
     dtype = torch.bfloat16 if (a.bf16 and a.lora_r) else None
     model = load_causal_lm(path, tokenizer=tok, dtype=dtype, gradient_checkpointing=a.gradient_checkpointing)
     return (add_lora(model, r=a.lora_r) if a.lora_r else model), tok
@@ -64,13 +70,21 @@ def _policy(a, path: str | None = None):
 def _scalar(a, path: str | None = None, zero_init: bool = False):
     from rlhf_nb.models import load_tokenizer, load_scalar_model, add_lora
     path = _source(path or a.model)
-    tok = load_tokenizer(path)
+    tok = _template(a, load_tokenizer(path))
     model = load_scalar_model(path, tokenizer=tok, zero_init=zero_init)
     return (add_lora(model, r=a.lora_r, task_type="SEQ_CLS") if a.lora_r else model), tok
 
+def _template(a, tok):
+    "The tokenizer, with --chat-template's file as its chat template when given."
+    if getattr(a, "chat_template", None): tok.chat_template = Path(a.chat_template).read_text()
+    return tok
+
 def _rows(a, source: str | None = None):
+    "The training rows, or with `source` the held-out rows (--eval-split of it when given), under rlhf_nb's column names."
     from rlhf_nb.data import load_rows
-    return load_rows(source or a.dataset, split=a.split)
+    columns = {getattr(a, f"{c}_key"): c for c in _COLUMNS if getattr(a, f"{c}_key", None)}
+    split = a.eval_split if source is not None and getattr(a, "eval_split", None) else a.split
+    return load_rows(source or a.dataset, split=split, config=a.dataset_config, columns=columns)
 
 def _main_process() -> bool:
     from rlhf_nb.train import process_state
@@ -292,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None):
     "Run an `rlhf_nb` command from a list of arguments (the shell's when None); returns its summary."
     a = parser().parse_args(argv)
+    if getattr(a, "eval_split", None) and not a.eval_dataset: a.eval_dataset = a.dataset   # another split of the same data
     return a.fn(a)
 
 def entry():

@@ -46,25 +46,40 @@ def _from_path(path: Path, split: str) -> datasets.Dataset:
     if not path.is_file(): raise FileNotFoundError(f"no such data file: {str(path)!r}")
     return datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
 
-def _from_hub(name: str, split: str) -> datasets.Dataset:
-    "`split` of a hub dataset, with an error that names the source when that fails."
-    try: return datasets.load_dataset(name, split=split)
+def _from_hub(name: str, split: str, config: str | None = None) -> datasets.Dataset:
+    "`split` of a hub dataset (its `config`), with an error that names the source when that fails."
+    try: return datasets.load_dataset(name, config, split=split)
     except Exception as e:
         raise ValueError(f"{name!r} is not a local file or folder, and loading it from the Hugging Face Hub failed "
                          f"({type(e).__name__}: {e}); pass {_SOURCES}") from e
 
 # %% ../nbs/01_data.ipynb #255bad08
+def _rename(ds: datasets.Dataset, columns: dict | None) -> datasets.Dataset:
+    "`ds` with its columns renamed to the names rlhf_nb reads ({their name: ours}), refusing a missing or clashing one."
+    if not columns: return ds
+    for theirs, ours in columns.items():
+        if theirs not in ds.column_names:
+            raise ValueError(f"column mapping {theirs!r} -> {ours!r}: the data has no column {theirs!r} (columns: {ds.column_names})")
+        if ours in ds.column_names and ours not in columns:
+            raise ValueError(f"column mapping {theirs!r} -> {ours!r}: the data already has a {ours!r} column; map or drop it first")
+    return ds.rename_columns(dict(columns))
+
 def load_rows(source, # a Dataset, a list of dicts, a .jsonl/.json/.parquet file, a `save_to_disk` folder or a hub id
               split: str = "train", # the split taken from a DatasetDict, a `save_to_disk` folder or the hub
+              config: str | None = None, # the hub dataset's configuration (subset), e.g. "default" or a language
+              columns: dict | None = None, # rename columns to rlhf_nb's names, e.g. {"question": "prompt", "answer": "completion"}
              ) -> datasets.Dataset:
-    "Rows as a `datasets.Dataset`, from whatever kind of source the user brings."
+    "Rows as a `datasets.Dataset`, from whatever kind of source the user brings, with its columns under the names rlhf_nb reads."
+    return _rename(_load(source, split, config), columns)
+
+def _load(source, split: str, config: str | None) -> datasets.Dataset:
     if isinstance(source, datasets.Dataset): return source
     if isinstance(source, datasets.DatasetDict): return _pick_split(source, split, "the DatasetDict")
     if isinstance(source, (list, tuple)): return _from_list(source)
     if not isinstance(source, (str, Path)): raise ValueError(f"load_rows: got a {type(source).__name__}; pass {_SOURCES}")
     path = Path(source).expanduser()
     if path.exists() or path.suffix in _FILE_BUILDERS: return _from_path(path, split)
-    return _from_hub(str(source), split)
+    return _from_hub(str(source), split, config)
 
 # %% ../nbs/01_data.ipynb #3a3b5f7a
 _NEEDS = {

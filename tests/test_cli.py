@@ -102,3 +102,24 @@ def test_resume_without_a_checkpoint_starts_fresh(files):
     rlhf_nb(*args, "--output-dir", stale)
     assert [json.loads(l)["step"] for l in (stale / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert 9.0 not in [json.loads(l)["loss"] for l in (stale / "metrics.jsonl").read_text().splitlines()]
+
+def test_columns_splits_and_a_chat_template_file(files, tmp_path):
+    import datasets
+    from transformers import AutoTokenizer
+    from rlhf_nb.models import TINY_CHAT_TEMPLATE
+    rows = [{"question": f"Film {i} was", "good": " good.", "bad": " bad."} for i in range(12)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:8]), "test": datasets.Dataset.from_list(rows[8:])}).save_to_disk(tmp_path / "dd")
+    r = rlhf_nb("dpo", "--model", files / "tiny", "--dataset", tmp_path / "dd", "--prompt-key", "question", "--chosen-key", "good",
+                "--rejected-key", "bad", "--eval-split", "test", "--output-dir", tmp_path / "dpo", "--max-steps", 2,
+                "--batch-size", 4, "--max-length", 32, "--quiet")
+    assert json.loads((tmp_path / "dpo" / "eval.json").read_text())["eval/rewards/accuracies"] >= 0
+    bare = AutoTokenizer.from_pretrained(files / "tiny"); bare.chat_template = None; bare.save_pretrained(tmp_path / "bare")
+    for f in ("config.json", "model.safetensors"): (tmp_path / "bare" / f).write_bytes((files / "tiny" / f).read_bytes())
+    msgs = [{"messages": [{"role": "user", "content": f"Film {i}?"}, {"role": "assistant", "content": "Good."}]} for i in range(4)]
+    (tmp_path / "msgs.jsonl").write_text("".join(json.dumps(m) + "\n" for m in msgs))
+    args = ["sft", "--model", tmp_path / "bare", "--dataset", tmp_path / "msgs.jsonl", "--output-dir", tmp_path / "sft",
+            "--max-steps", 1, "--batch-size", 2, "--max-length", 32, "--quiet"]
+    assert "no chat template" in rlhf_nb(*args, check=False).stderr
+    (tmp_path / "t.jinja").write_text(TINY_CHAT_TEMPLATE)
+    rlhf_nb(*args, "--chat-template", tmp_path / "t.jinja")
+    assert AutoTokenizer.from_pretrained(tmp_path / "sft" / "final").chat_template == TINY_CHAT_TEMPLATE
