@@ -291,20 +291,21 @@ def _template_kwargs(row: dict, chat_template_kwargs: dict | None) -> dict:
     "What the chat template gets besides the messages: `chat_template_kwargs`, and the row's `tools` when it has them."
     return {**(chat_template_kwargs or {}), **({"tools": row["tools"]} if row.get("tools") else {})}
 
-def _prepare(rows, tok, split_row, max_length: int, max_prompt_length, on_overflow: str, chat_template_kwargs=None):
+def _prepare(rows, tok, split_row, max_length: int, max_prompt_length, on_overflow: str, chat_template_kwargs=None, index=None):
     "Check the arguments, read the rows and render each: (records, [(prompt text, {field: text}, chat?)], prompt budget)."
     _check_tokenizer(tok)
     mpl = _check_lengths(max_length, max_prompt_length, on_overflow)
     recs = _records(rows)
-    return recs, [_render(tok, i, *split_row(r, i), **_template_kwargs(r, chat_template_kwargs)) for i, r in enumerate(recs)], mpl
+    index = range(len(recs)) if index is None else index                 # the rows' numbers in the user's data, for errors
+    return recs, [_render(tok, i, *split_row(r, i), **_template_kwargs(r, chat_template_kwargs)) for i, r in zip(index, recs)], mpl
 
-def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str):
+def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str, index=None):
     "Tokenize the rendered rows and fit each into `max_length`: ([(row, prompt ids, {field: ids})], DataReport)."
     report, kept = DataReport(rows=len(rendered)), []
     for i, (p, rs) in enumerate(_encode_rows(tok, rendered)):
         p2, rs2, cut_p, cut_r = _fit(p, rs, max_length, mpl, tok.bos_token_id)
         if (cut_p or cut_r) and on_overflow != "truncate":
-            if on_overflow == "error": raise ValueError(_overflow_message(i, p, rs, max_length))
+            if on_overflow == "error": raise ValueError(_overflow_message(i if index is None else index[i], p, rs, max_length))
             report.dropped += 1; continue
         report.truncated_prompts += cut_p; report.truncated_responses += cut_r
         kept.append((i, p2, rs2))
@@ -329,9 +330,56 @@ def _finish(out: list[dict], report: DataReport, what: str, **limits) -> tuple[d
         warnings.warn(f"{what}: {report} ({', '.join(f'{k}={v}' for k, v in limits.items())})", stacklevel=3)
     return datasets.Dataset.from_list(out), report
 
+# %% ../nbs/01_data.ipynb #2f96657c
+def _n_assistant(row: dict) -> int:
+    "How many assistant turns a `messages` row holds (0 for other rows)."
+    msgs = row.get("messages")
+    return sum(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs) if isinstance(msgs, (list, tuple)) else 0
+
+def _turn_spans(tok, msgs: list[dict], i: int, **kw) -> tuple[str, list[tuple[int, int]]]:
+    "The rendered conversation and the character span of each assistant turn in it (closing token included)."
+    full, spans = _chat(tok, msgs, i, **kw), []
+    for m in msgs:                                                       # e.g. Mistral's drops a system message here
+        c = (m.get("content") or "").strip()
+        if isinstance(c, str) and c and c not in full:
+            raise ValueError(f"row {i}: the chat template leaves the {m['role']} message {c[:40]!r} out of the rendered "
+                             "conversation, so training would not see it: drop or merge that message, or use another template")
+    for a, m in enumerate(msgs):
+        if m["role"] != "assistant": continue
+        upto = _chat(tok, msgs[:a + 1], i, **kw)
+        before = _chat(tok, msgs[:a], i, gen=True, **kw) if a else ""
+        if not full.startswith(upto):
+            raise ValueError(f"row {i}: the chat template renders the conversation up to assistant turn {a} differently "
+                             "once later turns follow, so the turns cannot be told apart: use assistant_turns='last', or "
+                             "give each turn as its own row with the conversation before it as the prompt")
+        start = next((k for k, (x, y) in enumerate(zip(before, upto)) if x != y), min(len(before), len(upto)))
+        _check_kept(upto[start:], [m], i, "messages")
+        spans.append((start, start + len(_turn_text(tok, upto[start:]))))
+    return full, spans
+
+def _conversation(tok, msgs: list[dict], i: int, **kw) -> tuple[list[int], list[int]]:
+    "input_ids and labels of a whole conversation with every assistant turn trained, context and turns tokenized piece by piece."
+    full, spans = _turn_spans(tok, msgs, i, **kw)
+    ids, labels, pos = [], [], 0
+    for k, (s, e) in enumerate(spans):
+        ctx = tok(full[pos:s], add_special_tokens=False)["input_ids"] if s > pos else []
+        turn = tok(full[s:e], add_special_tokens=False)["input_ids"]
+        if k == len(spans) - 1 and _special_end(tok, full[s:e]) is None: turn = _with_eos(turn, tok.eos_token_id)
+        ids += ctx + turn; labels += [-100] * len(ctx) + turn; pos = e
+    return ids, labels
+
+def _fit_conversation(i: int, ids: list, labels: list, max_length: int, on_overflow: str, report: DataReport):
+    "The conversation cut to `max_length` tokens from its end (counted), or None when dropped; None too if no trained token is left."
+    if len(ids) > max_length:
+        if on_overflow == "error": raise ValueError(f"row {i}, field 'messages': {len(ids)} tokens exceed max_length={max_length}")
+        if on_overflow == "drop": report.dropped += 1; return None
+        ids, labels = ids[:max_length], labels[:max_length]; report.truncated_responses += 1
+    if all(l == -100 for l in labels): report.dropped += 1; return None   # the first answer starts past the budget
+    return {"input_ids": ids, "labels": labels}
+
 # %% ../nbs/01_data.ipynb #9d8aaac6
 def _sft_split(row: dict, i: int):
-    "(prompt, {field: response}) of an SFT row."
+    "(prompt, {field: response}) of an SFT row; a conversation's last assistant message is the response."
     if row.get("messages") is not None:
         msgs = _messages(row["messages"], i, "messages")
         if not msgs or msgs[-1]["role"] != "assistant":
@@ -340,20 +388,40 @@ def _sft_split(row: dict, i: int):
     if row.get("text") is not None and row.get("prompt") is None: return "", {"text": row["text"]}
     return _field(row, "prompt", i, "sft"), {"completion": _field(row, "completion", i, "sft")}
 
+def _single_turns(recs: list, index: list, tok, max_length: int, max_prompt_length, on_overflow: str, kw) -> tuple[dict, DataReport, int]:
+    "{row index: tokenized row} of the rows trained on one response, their DataReport and the prompt budget."
+    _, rendered, mpl = _prepare([recs[i] for i in index], tok, _sft_split, max_length, max_prompt_length, on_overflow, kw, index)
+    rendered = [(p, {"completion": next(iter(r.values()))}, c) for p, r, c in rendered]
+    kept, report = _fit_rows(tok, rendered, max_length, mpl, on_overflow, index)
+    return {index[j]: dict(zip(("input_ids", "labels"), _join(p, rs["completion"]))) for j, p, rs in kept}, report, mpl
+
 def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messages or text rows
                  tokenizer, # with a pad and an EOS token (and a chat template for messages)
                  max_length: int = 512, # tokens per sequence, EOS included
                  max_prompt_length: int | None = None, # a long prompt is cut to no fewer tokens; max_length // 2 when None
                  on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
                  chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
+                 assistant_turns: str = "all", # conversations: "all" assistant turns trained, or the "last" one only
                 ) -> tuple[datasets.Dataset, DataReport]:
-    "Tokenize SFT rows into `input_ids` and `labels` (-100 on the prompt), unpadded; numeric columns carried along."
-    recs, rendered, mpl = _prepare(rows, tokenizer, _sft_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
-    rendered = [(p, {"completion": next(iter(r.values()))}, c) for p, r, c in rendered]
-    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow)
+    "Tokenize SFT rows into `input_ids` and `labels` (-100 where not trained), unpadded; numeric columns carried along."
+    if assistant_turns not in ("all", "last"): raise ValueError(f"assistant_turns={assistant_turns!r}: use 'all' or 'last'")
+    _check_tokenizer(tokenizer); mpl = _check_lengths(max_length, max_prompt_length, on_overflow)
+    recs = _records(rows)
+    multi = [i for i, r in enumerate(recs) if assistant_turns == "all" and _n_assistant(r) > 1]
+    single = [i for i in range(len(recs)) if i not in set(multi)]
+    out, report, _ = _single_turns(recs, single, tokenizer, max_length, max_prompt_length, on_overflow, chat_template_kwargs) \
+        if single else ({}, DataReport(), mpl)
+    report.rows = len(recs)
+    for i in multi:
+        msgs = _messages(recs[i]["messages"], i, "messages")
+        row = _fit_conversation(i, *_conversation(tokenizer, msgs, i, **_template_kwargs(recs[i], chat_template_kwargs)),
+                                max_length, on_overflow, report)
+        if row is not None: out[i] = row
+    report.kept = len(out)
+    if not out: raise ValueError(f"all {len(recs)} rows were dropped: none fits max_length={max_length}")
     extras = _extra_columns(recs[0], {"prompt", "completion", "messages", "text"})
-    out = [dict(zip(("input_ids", "labels"), _join(p, rs["completion"])), **{k: recs[i][k] for k in extras}) for i, p, rs in kept]
-    return _finish(out, report, "tokenize_sft", max_length=max_length, max_prompt_length=mpl)
+    return _finish([out[i] | {k: recs[i][k] for k in extras} for i in sorted(out)], report, "tokenize_sft",
+                   max_length=max_length, max_prompt_length=mpl)
 
 # %% ../nbs/01_data.ipynb #8a47c3b6
 _TURN_MARKERS = ("\n\nAssistant:", "\nAssistant:", "Assistant:")   # Anthropic HH's turn format

@@ -107,3 +107,36 @@ def test_one_step_of_each_trainer(tok, tmp_path):
     for t in (sft(tiny(tok), tok, sft_rows, c("sft")), train_reward_model(tiny(tok, LlamaForSequenceClassification), tok, pairs, c("rm")),
               dpo(tiny(tok), tok, pairs, c("dpo"), DPOConfig(max_length=128)), kto(tiny(tok), tok, pairs, c("kto"), KTOConfig(max_length=128))):
         assert t.step == 1 and torch.isfinite(torch.tensor(t.history[0]["loss"]))
+
+
+CONV = [USER, A(GOOD), {"role": "user", "content": "And after that one?"}, A(BAD)]
+
+def trained_runs(tok, ids, labels) -> list[list[int]]:
+    "The runs of consecutive trained tokens."
+    runs, cur = [], []
+    for t, l in zip(ids, labels):
+        if l != -100: cur.append(t)
+        elif cur: runs.append(cur); cur = []
+    return runs + ([cur] if cur else [])
+
+def test_multi_turn_sft_trains_every_assistant_turn(tok):
+    if tok.chat_template is None:
+        with pytest.raises(ValueError, match="no chat template"): tokenize_sft([{"messages": CONV}], tok)
+        return
+    r = tokenize_sft([{"messages": CONV}], tok)[0][0]
+    runs = trained_runs(tok, r["input_ids"], r["labels"])
+    assert len(runs) == 2, [tok.decode(x) for x in runs]
+    for run, text in zip(runs, (GOOD, BAD)):
+        assert run[-1] in end_ids(tok) and sum(t == run[-1] for t in run) == 1
+        assert tok.decode(run[:-1]).strip() == text
+    if tok.bos_token_id is not None and tok.bos_token_id != tok.eos_token_id: assert r["input_ids"].count(tok.bos_token_id) <= 1
+    last = tokenize_sft([{"messages": CONV}], tok, assistant_turns="last")[0][0]
+    assert [tok.decode(x[:-1]).strip() for x in trained_runs(tok, last["input_ids"], last["labels"])] == [BAD]
+
+def test_a_template_that_drops_a_message_is_refused():
+    "Mistral v0.3's template puts the system prompt into the last user turn only when that turn ends the conversation."
+    tok = load_tokenizer(str(ROOT / "mistral-7b-instruct-v0.3"))
+    with pytest.raises(ValueError, match="leaves the system message"):
+        tokenize_sft([{"messages": [{"role": "system", "content": "Be brief."}, *CONV]}], tok)
+    with pytest.raises(ValueError, match="prefix"):
+        tokenize_sft([{"messages": [{"role": "system", "content": "Be brief."}, *CONV]}], tok, assistant_turns="last")
