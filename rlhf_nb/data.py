@@ -316,9 +316,12 @@ def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str, 
 # %% ../nbs/01_data.ipynb #c49843b5
 def _is_number(v) -> bool: return isinstance(v, (bool, int, float)) or (torch.is_tensor(v) and v.ndim == 0)
 
+_MADE = {"input_ids", "labels", "attention_mask", "desirable", "prompt_input_ids", "completion_input_ids",
+         *(f"{f}_{k}" for f in ("chosen", "rejected") for k in ("input_ids", "labels"))}
+
 def _extra_columns(row: dict, used: set) -> list[str]:
-    "The numeric columns of `row` that the format does not use: carried to the output."
-    return [k for k, v in row.items() if k not in used and _is_number(v)]
+    "The columns of `row` the format does not use (numbers, strings, lists: a reward function may want them), carried to the output."
+    return [k for k, v in row.items() if k not in used and k not in _MADE and v is not None]
 
 def _join(p: list[int], r: list[int]) -> tuple[list[int], list[int]]:
     "input_ids = prompt + response; labels = -100 on the prompt, the ids on the response."
@@ -602,18 +605,29 @@ class PreferenceCollator:
 # %% ../nbs/01_data.ipynb #4a094c25
 def _ids(x) -> list[int]: return x.tolist() if torch.is_tensor(x) else list(x)
 
+def _partners(prompts: list, seed: int) -> tuple[list[int], int]:
+    "For each row, another row with a different prompt when the prompts allow it; and how many rows had to share theirs."
+    n, g = len(prompts), torch.Generator().manual_seed(seed)
+    groups = {}
+    for i in torch.randperm(n, generator=g).tolist(): groups.setdefault(prompts[i], []).append(i)
+    vals = list(groups.values())
+    order = [i for k in torch.randperm(len(vals), generator=g).tolist() for i in vals[k]]   # each group's rows contiguous
+    m = max(len(v) for v in groups.values())
+    shift = m if m < n else 1                                             # m rows on: always another group when m <= n/2
+    partner = [0] * n
+    for j, i in enumerate(order): partner[i] = order[(j + shift) % n]
+    return partner, sum(prompts[i] == prompts[partner[i]] for i in range(n))
+
 def add_mismatched_completions(ds: datasets.Dataset, # from `tokenize_unpaired`: prompt_input_ids, completion_input_ids
                                seed: int = 0, # the shuffle that picks each row's partner
                               ) -> datasets.Dataset:
     "Add `kl_completion_input_ids`: for each row, the completion of another row with a different prompt, fixed per row."
-    prompts, comps = [tuple(_ids(p)) for p in ds["prompt_input_ids"]], ds["completion_input_ids"]
-    order, n = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist(), len(ds)
-    partner = [0] * n
-    for j, i in enumerate(order):
-        k = 1
-        while k < n and prompts[order[(j + k) % n]] == prompts[i]: k += 1   # skip rows that share the prompt
-        partner[i] = order[(j + k) % n]
-    return ds.add_column("kl_completion_input_ids", [comps[p] for p in partner])
+    partner, same = _partners([hash(tuple(_ids(p))) for p in ds["prompt_input_ids"]], seed)
+    if same:
+        warnings.warn(f"add_mismatched_completions: {same} of {len(ds)} rows share their prompt with every row they could "
+                      "be paired with; their mismatched pair keeps the prompt (KTO's reference point is then less of a mismatch)")
+    other = ds.select(partner).select_columns(["completion_input_ids"]).flatten_indices()
+    return datasets.concatenate_datasets([ds, other.rename_column("completion_input_ids", "kl_completion_input_ids")], axis=1)
 
 def _kl_pair(row: dict, other: dict, max_length: int | None = None) -> tuple[list[int], list[int]]:
     "Row's prompt + its mismatched completion (`kl_completion_input_ids`, else `other`'s completion): (input_ids, labels), cut to `max_length`."
@@ -639,10 +653,9 @@ class UnpairedCollator:
 
 # %% ../nbs/01_data.ipynb #bcfdb366
 class PromptCollator:
-    "Left-pad prompts for generation: input_ids and attention_mask (B, T), plus the `prompt` texts when present."
+    "Left-pad prompts for generation: input_ids and attention_mask (B, T), numeric columns as (B,) tensors, the `prompt` texts and other columns as lists."
     def __init__(self, pad_token_id: int): self.pad_token_id = _check_pad_id(pad_token_id)
     def __call__(self, rows: list[dict]) -> dict:
         ids, mask = pad_sequences([r["input_ids"] for r in rows], self.pad_token_id, side="left")   # (B, T)
-        out = {"input_ids": ids, "attention_mask": mask, **_scalars(rows)}
-        if "prompt" in rows[0]: out["prompt"] = [r["prompt"] for r in rows]
-        return out
+        lists = {k: [r[k] for r in rows] for k, v in rows[0].items() if k != "input_ids" and not _is_number(v)}
+        return {"input_ids": ids, "attention_mask": mask, **_scalars(rows), **lists}   # the `prompt` texts and other columns

@@ -146,11 +146,18 @@ def reference_model(policy: nn.Module, # the policy being trained (peft or not)
     finally: m.train(was_training)
 
 # %% ../nbs/02_models.ipynb #c94b8983
+def _is_rate(name: str, v) -> bool: return isinstance(v, float) and ("dropout" in name or "pdrop" in name)
+
 def disable_dropout(model: nn.Module) -> nn.Module:
-    "Set every dropout probability in `model` to 0 (`nn.Dropout` modules and attention dropout), in place; returns `model`."
+    "Set every dropout probability in `model` to 0 — `nn.Dropout` modules, float `*dropout*` attributes, config fields read at run time — in place."
     for m in model.modules():
         if isinstance(m, nn.Dropout): m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float): m.attention_dropout = 0.0
+        for k, v in list(vars(m).items()):
+            if _is_rate(k, v): setattr(m, k, 0.0)                        # OPT's `dropout`, Llama's `attention_dropout`
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict"):
+            for k, v in cfg.to_dict().items():
+                if _is_rate(k, v): setattr(cfg, k, 0.0)                  # Falcon and Bloom read `config.hidden_dropout`
     return model
 
 # %% ../nbs/02_models.ipynb #64102e5f

@@ -86,23 +86,27 @@ class MicroBatches:
     def __call__(self, rows: list) -> list:
         return [self.collate_fn(rows[i:i + self.size]) for i in range(0, len(rows), self.size)]
 
+def _rows(batch: dict) -> int:
+    "Rows of a collated batch: the length of its first tensor that has a dimension."
+    return len(next(v for v in batch.values() if torch.is_tensor(v) and v.ndim))
+
 def split_batch(batch: dict, # collated tensors (rows first) and lists; other values are shared
                 n: int, # number of parts
                ) -> list[dict]:
     "Split a batch's rows into `n` nearly equal micro-batches (tensors and lists along their first dimension)."
-    rows = torch.arange(len(next(v for v in batch.values() if torch.is_tensor(v))))
+    B = _rows(batch)
+    for k, v in batch.items():
+        if (torch.is_tensor(v) and v.ndim and len(v) != B) or (isinstance(v, list) and len(v) != B):
+            raise ValueError(f"split_batch: {k!r} has {len(v)} rows but the batch has {B}; every tensor and list must hold one entry per row")
+    rows = torch.arange(B)
     parts = [p for p in rows.tensor_split(n) if len(p)]
     take = lambda v, p: v[p.to(v.device)] if torch.is_tensor(v) and v.ndim else [v[i] for i in p.tolist()] if isinstance(v, list) else v
     return [{k: take(v, p) for k, v in batch.items()} for p in parts]
 
 # %% ../nbs/03_train.ipynb #4f620001
-def _rows(batch: dict) -> int:
-    "Rows of a collated batch: the length of its first tensor."
-    return len(next(v for v in batch.values() if torch.is_tensor(v)))
-
 def _tokens(batch: dict) -> torch.Tensor:
-    "Tokens in the loss: labels other than -100."
-    return (batch["labels"] != -100).sum()
+    "Tokens in the loss: labels other than -100, past the first column (no token predicts it)."
+    return (batch["labels"][:, 1:] != -100).sum()
 
 _NORMALIZE = {"rows": _rows, "tokens": _tokens, "micro_batch": lambda batch: 1}
 
@@ -130,12 +134,12 @@ class Trainer:
         self.acc = Accelerator(cpu=_cpu_ddp(), mixed_precision=config.mixed_precision, log_with=config.log_with,
                                project_dir=config.output_dir,
                                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
-        if self.acc.distributed_type == "DEEPSPEED" and config.grad_accum > 1:
+        if self.acc.distributed_type == "DEEPSPEED" and (config.grad_accum > 1 or self.acc.gradient_accumulation_steps > 1):
             raise ValueError("grad_accum > 1 under DeepSpeed: the loop accumulates itself, which DeepSpeed's engine does not "
                              "follow; use grad_accum=1 with a larger batch_size, or DDP/FSDP")
         for m in frozen: m.to(self.acc.device).eval().requires_grad_(False)
         if config.disable_dropout: disable_dropout(model)
-        _master_weights(model, config)
+        _master_weights(model, config, frozen)
         self.model, self.opt, self.dl = self.acc.prepare(model, _optimizer(model, config), _loader(dataset, collate_fn, config, experience))
         self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * len(self.dl)))
         # the scheduler counts optimizer steps itself (not prepared: accelerate would step it once per process)
@@ -168,7 +172,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 _HALF = (torch.bfloat16, torch.float16)
 
-def _master_weights(model: nn.Module, cfg: TrainConfig):
+def _master_weights(model: nn.Module, cfg: TrainConfig, frozen: tuple = ()):
     "Upcast trainable half-precision parameters to fp32 (mixed precision keeps the compute in half), unless asked not to."
     half = [p for p in model.parameters() if p.requires_grad and p.dtype in _HALF]
     if not half: return
@@ -182,6 +186,10 @@ def _master_weights(model: nn.Module, cfg: TrainConfig):
                       "set mixed_precision='bf16' to train them through fp32 master weights")
         return
     for p in half: p.data = p.data.float()
+    if cfg.mixed_precision == "no":                                       # fp32 compute: the reference must match it at step 0
+        warnings.warn("half-precision weights with mixed_precision='no': training (and the frozen models) run in fp32; "
+                      "mixed_precision='bf16' keeps the compute in bf16 with fp32 master weights")
+        for m in frozen: m.float()
 
 # %% ../nbs/03_train.ipynb #6aa1fe2e
 @patch

@@ -88,3 +88,15 @@ def test_ppo_accumulation(tmp_path):
     assert [h["loss"] for h in acc.history] == pytest.approx([h["loss"] for h in one.history], rel=1e-4, abs=1e-6)
     diff = max((p - q).abs().max().item() for p, q in zip(acc.model.parameters(), one.model.parameters()))
     assert diff < 1e-5
+
+
+@pytest.mark.parametrize("mixed", ["no", "bf16"])
+def test_half_precision_policy_equals_its_reference_at_step_0(tmp_path, mixed):
+    # a bf16 checkpoint: the policy is trained through fp32 master weights; its frozen reference must compute the same
+    # function at step 0 (exactly with fp32 compute; to bf16 rounding of the residual stream under autocast)
+    import math, warnings
+    warnings.simplefilter("ignore")
+    t = dpo(tiny_llama(TOK).to(torch.bfloat16), TOK, PAIRS, cfg(tmp_path, mixed, 4, 1, 1, mixed_precision=mixed), DPOConfig(beta=0.5, max_length=40))
+    first = t.history[0]
+    tol = 0 if mixed == "no" else 1e-3
+    assert abs(first["rewards/margins"]) <= tol and abs(first["loss"] - math.log(2)) <= max(tol, 1e-6)   # log 2 in fp32
