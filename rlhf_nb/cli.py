@@ -94,6 +94,14 @@ def _trained(trainer):
     "The trained model without its DDP wrapper: held-out evaluation runs on the main process alone."
     return trainer.acc.unwrap_model(trainer.model)
 
+def _check_eval_sharding(a):
+    "Refuse --eval-dataset where one process cannot run the model alone (FSDP, DeepSpeed), before any training."
+    import os
+    if (getattr(a, "eval_dataset", None) and int(os.environ.get("WORLD_SIZE", 1)) > 1 and
+            "true" in (os.environ.get("ACCELERATE_USE_FSDP", "").lower(), os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower())):
+        raise ValueError("--eval-dataset with FSDP or DeepSpeed: the model is sharded across processes and held-out "
+                         "evaluation runs on the main process alone; evaluate the saved final/ model in a separate run")
+
 def _finish(a, trainer, extra: dict | None = None):
     "On the main process: print where things went and the last metrics; write eval metrics beside metrics.jsonl."
     last = trainer.history[-1] if trainer.history else {}
@@ -105,17 +113,19 @@ def _finish(a, trainer, extra: dict | None = None):
 
 # %% ../nbs/40_cli.ipynb #6a785cd5
 def _cmd_sft(a):
-    "Supervised fine-tuning on prompt/completion or messages rows."
+    "Supervised fine-tuning on prompt/completion or messages rows (or the responses of preference pairs)."
     from functools import partial
     from rlhf_nb.sft import sft, sft_batch, SFTConfig
     model, tok = _policy(a)
-    data = SFTConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per)
+    data = SFTConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per,
+                     from_preferences=a.from_preferences)
     trainer = sft(model, tok, _rows(a), _train_config(a), data)
     extra = None
     if a.eval_dataset and _main_process():
         from rlhf_nb.data import tokenize_sft, SFTCollator
+        from rlhf_nb.sft import _sft_rows
         from rlhf_nb.train import evaluate
-        ds, _ = tokenize_sft(_rows(a, a.eval_dataset), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
+        ds, _ = tokenize_sft(_sft_rows(_rows(a, a.eval_dataset), data), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
         extra = {f"eval/{k}": v for k, v in evaluate(_trained(trainer), partial(sft_batch, per_token=a.loss_per == "token"), ds, SFTCollator(tok.pad_token_id)).items()}
     return _finish(a, trainer, extra)
 
@@ -144,7 +154,8 @@ def _eval_set(a, tok, ref_or_policy, average: bool = False):
     from rlhf_nb.data import tokenize_preferences
     from rlhf_nb.dpo import precompute_reference_logps
     ds, _ = tokenize_preferences(_rows(a, a.eval_dataset), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
-    return precompute_reference_logps(ref_or_policy, ds, tok.pad_token_id, average=average)
+    from rlhf_nb.train import process_state
+    return precompute_reference_logps(ref_or_policy.to(process_state().device), ds, tok.pad_token_id, average=average)
 
 def _eval_prefs(trainer, ds, tok, loss_fn, average: bool = False, **kw):
     "Held-out implicit-reward metrics under TRL's names (`eval/rewards/accuracies`, ...)."
@@ -182,15 +193,17 @@ def _cmd_kto(a):
     from rlhf_nb.kto import kto, KTOConfig
     model, tok = _policy(a); ref = _ref(a)
     cfg = KTOConfig(beta=a.beta, desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,
-                    max_length=a.max_length, max_prompt_length=a.max_prompt_length)
+                    max_length=a.max_length, max_prompt_length=a.max_prompt_length,
+                    precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     return _finish(a, kto(model, tok, _rows(a), _train_config(a), cfg, ref_model=ref))
 
 def _pref_args(p, kto: bool = False):
     g = p.add_argument_group("objective")
     g.add_argument("--ref-model", help="reference policy folder/hub id (default: adapters off with --lora-r, else a frozen copy of --model)")
-    if not kto:
-        g.add_argument("--precompute-ref", action="store_true", help="score the data with the reference once before training")
-        g.add_argument("--ref-cache", help="with --precompute-ref: folder to reuse / write the reference log-probs")
+    what = "each row and its mismatched pair" if kto else "the data"
+    g.add_argument("--precompute-ref", action="store_true", help=f"score {what} with the reference once before training")
+    g.add_argument("--ref-cache", help="with --precompute-ref: folder to reuse / write the reference log-probs (refused if made "
+                   "for other data, another reference model or reduction)")
     return g
 
 # %% ../nbs/40_cli.ipynb #fe4d31c7
@@ -245,6 +258,9 @@ def parser() -> argparse.ArgumentParser:
     _common(s, lr=2e-5)
     s.add_argument("--loss-per", default="sequence", choices=["sequence", "token"],
                    help="sequence: every response weighs the same; token: every response token does")
+    s.add_argument("--from-preferences", choices=["chosen", "both"],
+                   help="the dataset holds prompt/chosen/rejected pairs: train on the chosen responses (a DPO reference when "
+                   "there is no SFT model), or on both as two rows")
     s.set_defaults(fn=_cmd_sft)
     r = sub.add_parser("rm", help="Bradley–Terry reward model (prompt/chosen/rejected rows)",
                        description="Train a scalar reward model on preference pairs; --model may be a causal LM (a new "
@@ -307,6 +323,7 @@ def main(argv: list[str] | None = None):
     "Run an `rlhf_nb` command from a list of arguments (the shell's when None); returns its summary."
     a = parser().parse_args(argv)
     if getattr(a, "eval_split", None) and not a.eval_dataset: a.eval_dataset = a.dataset   # another split of the same data
+    _check_eval_sharding(a)
     return a.fn(a)
 
 def entry():
