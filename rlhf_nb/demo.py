@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_demo.ipynb #5e87b78b
 from __future__ import annotations
-import contextlib, json, random, statistics, tempfile, time
+import contextlib, copy, json, math, random, statistics, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
@@ -24,43 +24,84 @@ from .sentiment import (make_corpus, sentiment_tokenizer, sentiment_policy, make
                                label_pairs, oracle_reward, load_imdb, hub_sentiment_oracle)
 
 # %% auto #0
-__all__ = ['evaluate_policy', 'DemoConfig', 'run_demo', 'summary']
+__all__ = ['QUICK_TARGETS', 'kl_stats', 'kl_guard', 'evaluate_policy', 'DemoConfig', 'check_targets', 'run_demo', 'summary']
 
 # %% ../nbs/21_demo.ipynb #f8f2efae
+def _ci95(x: torch.Tensor, # (P·n,) per-sample values, `n` consecutive samples per prompt
+          n: int = 1) -> float:
+    "Half-width of the normal 95% CI of the mean: 1.96 · std of the per-prompt means / √prompts (NaN for one prompt)."
+    m = x.view(-1, n).mean(1)                                          # (P,) per-prompt means
+    return 1.96 * m.std().item() / len(m) ** 0.5 if len(m) > 1 else float("nan")
+
+def kl_stats(kls: list[float], # per-sample log π(y|x) − log π_ref(y|x), y ~ π, `n_samples` consecutive per prompt
+             n_samples: int = 1, # samples per prompt
+            ) -> dict:
+    "The KL estimate (the mean) with its std and 95% CI, and the median and 95th percentile of the log-ratios."
+    x = torch.tensor(kls, dtype=torch.float64)                         # (P·n,)
+    return {"kl_mean": x.mean().item(), "kl_std": x.std().item() if len(x) > 1 else 0.0, "kl_ci95": _ci95(x, n_samples),
+            "kl_median": x.quantile(0.5).item(), "kl_p95": x.quantile(0.95).item()}
+
+# %% ../nbs/21_demo.ipynb #27a0d590
+def kl_guard(stats: dict, # from `kl_stats`: kl_mean and kl_p95
+             kl_limit: float | None = 10.0, # the budget for the mean KL (None: never flag)
+             tail_factor: float = 3.0, # flag too when the 95th percentile passes tail_factor · kl_limit
+            ) -> bool:
+    "Whether a policy's KL is past the budget: mean > kl_limit, or a heavy tail (p95 > tail_factor · kl_limit)."
+    if kl_limit is None: return False
+    return stats["kl_mean"] > kl_limit or stats["kl_p95"] > tail_factor * kl_limit
+
+# %% ../nbs/21_demo.ipynb #02204667
+def _on_device_of(model: nn.Module, # the model to move (e.g. the reference)
+                  like: nn.Module, # the model whose device wins (e.g. the policy)
+                 ) -> nn.Module:
+    "`model`, moved in place to the device of `like`'s parameters when it is elsewhere."
+    dev = next(like.parameters()).device
+    return model if next(model.parameters()).device == dev else model.to(dev)
+
+# %% ../nbs/21_demo.ipynb #b5270d72
 @torch.no_grad()
+def _sample_and_score(policy, reference, tokenizer, prompts: list[str], n_samples: int, cfg: PPOConfig, batch_size: int):
+    "Sample `n_samples` completions per prompt from `policy`: (texts, log π − log π_ref per sample, EOS flags)."
+    ds, _ = tokenize_prompts([{"prompt": p} for p in prompts for _ in range(n_samples)], tokenizer)
+    collate, dev = PromptCollator(tokenizer.pad_token_id), next(policy.parameters()).device
+    texts, kls, ended = [], [], []
+    for i in range(0, len(ds), batch_size):
+        b = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+        seq = sample_responses(policy, b["input_ids"].to(dev), b["attention_mask"].to(dev), tokenizer, cfg)
+        kw = {k: seq[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        logps, ref_logps = sequence_logps(policy(**kw).logits, seq["labels"]), sequence_logps(reference(**kw).logits, seq["labels"])  # (b,)
+        kls += (logps - ref_logps).tolist(); ended += seq["ended"].tolist()
+        texts += [tokenizer.decode([t for t in row[row != -100].tolist() if t != tokenizer.eos_token_id]) for row in seq["labels"]]
+    return texts, kls, ended
+
+# %% ../nbs/21_demo.ipynb #c2f94a5e
 def evaluate_policy(policy: nn.Module, # the policy to judge (peft or not)
-                    reference: nn.Module, # the SFT policy the KL is measured against
+                    reference: nn.Module, # the SFT policy the KL is measured against; moved to the policy's device
                     tokenizer, prompts: list[str],
                     oracle=oracle_reward, # texts -> scores
                     n_samples: int = 4, # samples per prompt
                     max_new_tokens: int = 24, batch_size: int = 128,
-                    kl_limit: float | None = 10.0, # flag a policy whose median KL passes this (None: never)
+                    kl_limit: float | None = 10.0, # the KL guard's budget for the mean (None: never flag), see `kl_guard`
                     seed: int = 0,
                    ) -> dict:
-    "Mean oracle reward, mean and median KL(π‖π_ref) per sequence, EOS rate and examples of `policy` on `prompts`."
-    cfg = PPOConfig(max_new_tokens=max_new_tokens, temperature=1.0)
-    ds, _ = tokenize_prompts([{"prompt": p} for p in prompts for _ in range(n_samples)], tokenizer)
-    collate, dev = PromptCollator(tokenizer.pad_token_id), next(policy.parameters()).device
-    was = policy.training; policy.eval(); reference.eval()
-    g = torch.random.fork_rng(devices=[]); g.__enter__(); torch.manual_seed(seed)
-    texts, kls, ended = [], [], []
-    try:
-        for i in range(0, len(ds), batch_size):
-            b = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-            seq = sample_responses(policy, b["input_ids"].to(dev), b["attention_mask"].to(dev), tokenizer, cfg)
-            kw = {k: seq[k] for k in ("input_ids", "attention_mask", "position_ids")}
-            kls += (sequence_logps(policy(**kw).logits, seq["labels"]) - sequence_logps(reference(**kw).logits, seq["labels"])).tolist()
-            ended += seq["ended"].tolist()
-            texts += [tokenizer.decode([t for t in row[row != -100].tolist() if t != tokenizer.eos_token_id]) for row in seq["labels"]]
-    finally: g.__exit__(None, None, None); policy.train(was)
-    scores = oracle(texts)
-    kl_median = statistics.median(kls)
-    return {"oracle_reward": statistics.fmean(scores), "kl_mean": statistics.fmean(kls), "kl_median": kl_median,
-            "eos_rate": statistics.fmean(map(float, ended)), "kl_flag": kl_limit is not None and kl_median > kl_limit,
+    "Mean oracle reward and mean KL(π‖π_ref) per sequence (each ± 95% CI), KL median and p95, EOS rate, KL guard, examples."
+    cfg, was = PPOConfig(max_new_tokens=max_new_tokens, temperature=1.0), policy.training
+    _on_device_of(reference, policy).eval(); policy.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try: texts, kls, ended = _sample_and_score(policy, reference, tokenizer, prompts, n_samples, cfg, batch_size)
+        finally: policy.train(was)
+    scores, kl = oracle(texts), kl_stats(kls, n_samples)
+    return {"oracle_reward": statistics.fmean(scores), "oracle_reward_ci95": _ci95(torch.tensor(scores, dtype=torch.float64), n_samples),
+            **kl, "eos_rate": statistics.fmean(map(float, ended)), "kl_flag": kl_guard(kl, kl_limit), "n_samples": len(kls),
             "examples": [{"prompt": prompts[k // n_samples], "completion": texts[k], "reward": scores[k]}
                          for k in range(0, min(len(texts), 6 * n_samples), n_samples)]}
 
 # %% ../nbs/21_demo.ipynb #844132c3
+QUICK_TARGETS = {"reward_gain": {"ppo": 0.5, "dpo": 0.5, "ipo": 0.3, "kto": 0.3},  # mean oracle reward above SFT's, at least
+                 "kl_mean_max": {"ppo": 5.0, "dpo": 5.0},                           # at a mean KL(π‖π_SFT) of at most
+                 "rm_accuracy": 0.88}                                               # reward model on held-out pairs, at least
+
 @dataclass
 class DemoConfig:
     "Sizes and knobs of the controlled-sentiment pipeline (defaults: the full run)."
@@ -80,7 +121,8 @@ class DemoConfig:
     n_eval_prompts: int = 200          # held-out prompts for the final evaluation
     n_eval_samples: int = 4            # samples per prompt
     max_new_tokens: int = 24
-    kl_limit: float = 10.0             # the KL guard
+    kl_limit: float = 10.0             # the KL guard's budget for the mean KL (see `kl_guard`)
+    targets: dict | None = None        # checked after the run and written to metrics.json (`check_targets`); None: none
     seed: int = 0
     model: str | None = None           # a causal LM (hub id or folder) instead of the tiny policy, e.g. "gpt2" on a GPU
     dataset: str | None = None         # reviews with a `text` column instead of the grammar, e.g. "stanfordnlp/imdb"
@@ -91,16 +133,21 @@ class DemoConfig:
     def quick(cls):
         "The `--quick` setting: one value per method, a few minutes on a 2-core CPU."
         return cls(n_sentences=20_000, sft_steps=800, n_pair_prompts=3000, rm_steps=250, pref_steps=300, ppo_updates=60,
-                   dpo_betas=(1.0,), ipo_taus=(0.1,), kto_betas=(1.0,), ppo_kl_coefs=(0.1,), n_eval_prompts=150)
+                   dpo_betas=(1.0,), ipo_taus=(0.1,), kto_betas=(1.0,), ppo_kl_coefs=(0.1,), n_eval_prompts=150,
+                   targets=copy.deepcopy(QUICK_TARGETS))
 
     @classmethod
     def tiny(cls):
-        "A smoke-test setting for CI: every stage runs, on sizes too small to learn anything."
-        return cls(n_sentences=600, sft_steps=10, n_pair_prompts=64, rm_steps=4, pref_steps=4, ppo_updates=2, ppo_batch=8,
+        "A smoke-test setting for CI: every stage runs, on sizes too small to learn anything (SFT just long enough to end with EOS)."
+        return cls(n_sentences=600, sft_steps=40, n_pair_prompts=64, rm_steps=4, pref_steps=4, ppo_updates=2, ppo_batch=8,
                    dpo_betas=(1.0,), ipo_taus=(0.1,), kto_betas=(1.0,), ppo_kl_coefs=(0.1,), n_eval_prompts=8,
                    n_eval_samples=2, max_new_tokens=12)
 
 # %% ../nbs/21_demo.ipynb #6ecc91fa
+def _device() -> torch.device:
+    "Where the demo's models live: CUDA when there is one (as the training loop chooses), else the CPU."
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 def _tc(out: Path, name: str, steps: int, bs: int, lr: float, seed: int, warmup: int = 0) -> TrainConfig:
     return TrainConfig(output_dir=str(out / name), max_steps=steps, batch_size=bs, lr=lr, warmup_steps=warmup,
                        seed=seed, progress=False, log_every=max(1, steps // 50))
@@ -132,14 +179,14 @@ def _sft_stage(cfg: DemoConfig, out: Path):
     return tok, held, out / "sft" / "final"
 
 def _pairs_stage(cfg: DemoConfig, tok, sft_dir: Path, held: list[str]):
-    policy = load_causal_lm(str(sft_dir))
+    policy = load_causal_lm(str(sft_dir)).to(_device())
     prompts = make_prompts(held, n_words=(2, 8) if cfg.dataset else (2, 4), seed=cfg.seed)
+    eval_prompts, pool = prompts[:cfg.n_eval_prompts], prompts[cfg.n_eval_prompts:] or prompts   # evaluation sentences never train
     rng = random.Random(cfg.seed)
-    pair_prompts = [rng.choice(prompts) for _ in range(cfg.n_pair_prompts)]
+    pair_prompts = [rng.choice(pool) for _ in range(cfg.n_pair_prompts)]
     comps = sample_completions(policy, tok, pair_prompts, n=2, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=False)
     rows, report = label_pairs(pair_prompts, comps, _oracle(cfg))
-    eval_prompts = prompts[:cfg.n_eval_prompts]
-    return rows, report, eval_prompts
+    return rows, report, eval_prompts, pair_prompts
 
 # %% ../nbs/21_demo.ipynb #c7882ee6
 def _oracle(cfg: DemoConfig):
@@ -148,7 +195,7 @@ def _oracle(cfg: DemoConfig):
     if not hasattr(cfg, "_oracle_fn"): object.__setattr__(cfg, "_oracle_fn", hub_sentiment_oracle(cfg.oracle))
     return cfg._oracle_fn
 
-def _methods(cfg: DemoConfig, out: Path, tok, sft_dir: Path, train_pairs: list, rm_dir: Path):
+def _methods(cfg: DemoConfig, out: Path, tok, sft_dir: Path, train_pairs: list, rm_dir: Path, ppo_prompts: list[str]):
     "Yield (method, knob, value, trained policy) for PPO, DPO, IPO and KTO over each method's sweep."
     fresh = lambda: load_causal_lm(str(sft_dir))
     pc = lambda name: _tc(out, name, cfg.pref_steps, 32, cfg.pref_lr, cfg.seed, warmup=cfg.pref_steps // 10)
@@ -158,13 +205,29 @@ def _methods(cfg: DemoConfig, out: Path, tok, sft_dir: Path, train_pairs: list, 
         yield "ipo", "tau", t, ipo(fresh(), tok, train_pairs, pc(f"ipo_{t}"), IPOConfig(tau=t, max_length=48, precompute_ref=True)).model
     for b in cfg.kto_betas:
         yield "kto", "beta", b, kto(fresh(), tok, train_pairs, pc(f"kto_{b}"), KTOConfig(beta=b, max_length=48)).model
-    prompts = [{"prompt": r["prompt"]} for r in train_pairs]
+    prompts = [{"prompt": p} for p in ppo_prompts]                     # PPO needs prompts, not labels: every sampled one
     for c in cfg.ppo_kl_coefs:
         tc = _tc(out, f"ppo_{c}", cfg.ppo_updates, cfg.ppo_batch, cfg.ppo_lr, cfg.seed)
         rm = load_scalar_model(str(rm_dir)).eval()
         t = ppo(fresh(), tok, prompts, reward_model=rm, config=tc,
                 ppo_config=PPOConfig(max_new_tokens=cfg.max_new_tokens, kl_coef=c, ppo_epochs=4, num_minibatches=2))
         yield "ppo", "kl_coef", c, t.model.policy
+
+# %% ../nbs/21_demo.ipynb #5dd7ebec
+def check_targets(metrics: dict, # the run's metrics: sft, the methods, reward_model
+                  targets: dict, # reward_gain {method: min}, kl_mean_max {method: max}, rm_accuracy: min
+                 ) -> dict:
+    "Each target as {check, value, target, ok}, and whether all are met."
+    sft, checks = metrics["sft"]["oracle_reward"], []
+    add = lambda check, value, target, ok: checks.append(dict(check=check, value=value, target=target, ok=bool(ok)))
+    for m, gain in targets.get("reward_gain", {}).items():
+        add(f"{m} oracle reward − SFT's ≥ {gain:g}", metrics[m]["oracle_reward"] - sft, gain, metrics[m]["oracle_reward"] - sft >= gain)
+    for m, kl in targets.get("kl_mean_max", {}).items():
+        add(f"{m} mean KL ≤ {kl:g}", metrics[m]["kl_mean"], kl, metrics[m]["kl_mean"] <= kl)
+    if "rm_accuracy" in targets:
+        acc = metrics["reward_model"]["accuracy"]
+        add(f"reward model accuracy ≥ {targets['rm_accuracy']:g}", acc, targets["rm_accuracy"], acc >= targets["rm_accuracy"])
+    return {"checks": checks, "all_met": all(c["ok"] for c in checks)}
 
 # %% ../nbs/21_demo.ipynb #1ff766ea
 def run_demo(out: str | Path, # output folder: metrics.json, report.html, and each stage's run folder
@@ -176,19 +239,20 @@ def run_demo(out: str | Path, # output folder: metrics.json, report.html, and ea
     bar = tqdm(total=4 + 2 * n_runs, disable=not progress, desc="demo")
     t_all = time.perf_counter()
     with _stage(log, "sft", bar): tok, held, sft_dir = _sft_stage(cfg, out)
-    with _stage(log, "pairs", bar): rows, pair_report, eval_prompts = _pairs_stage(cfg, tok, sft_dir, held)
+    with _stage(log, "pairs", bar): rows, pair_report, eval_prompts, pair_prompts = _pairs_stage(cfg, tok, sft_dir, held)
+    if len(rows) < 4: raise RuntimeError(f"too few preference pairs to train on ({pair_report}): train SFT longer or raise max_new_tokens")
     n_test = max(len(rows) // 10, 2)
     train_pairs, test_pairs = rows[n_test:], rows[:n_test]
     with _stage(log, "reward_model", bar):
         rm = load_scalar_model(str(sft_dir), tokenizer=tok)
         train_reward_model(rm, tok, train_pairs, _tc(out, "rm", cfg.rm_steps, 32, 1e-3, cfg.seed, warmup=cfg.rm_steps // 10),
                            RewardConfig(max_length=48, center_coef=0.01))
-        rm_eval = evaluate_reward_model(load_scalar_model(str(out / "rm" / "final")), tok, test_pairs, max_length=48)
-    sft_policy = load_causal_lm(str(sft_dir))
+        rm_eval = evaluate_reward_model(load_scalar_model(str(out / "rm" / "final")).to(_device()), tok, test_pairs, max_length=48)
+    sft_policy = load_causal_lm(str(sft_dir)).to(_device())
     ev = lambda m: evaluate_policy(m, sft_policy, tok, eval_prompts, oracle=_oracle(cfg), n_samples=cfg.n_eval_samples,
                                    max_new_tokens=cfg.max_new_tokens, kl_limit=cfg.kl_limit, seed=cfg.seed)
     with _stage(log, "eval_sft", bar): results = {"sft": {**ev(sft_policy), "seconds": log["sft"]}}
-    sweep, runs = [], _methods(cfg, out, tok, sft_dir, train_pairs, out / "rm" / "final")
+    sweep, runs = [], _methods(cfg, out, tok, sft_dir, train_pairs, out / "rm" / "final", pair_prompts)
     for i in range(n_runs):
         t0 = time.perf_counter(); bar.set_description("train")
         method, knob, value, model = next(runs); secs = time.perf_counter() - t0; bar.update(1)
@@ -199,6 +263,7 @@ def run_demo(out: str | Path, # output folder: metrics.json, report.html, and ea
     metrics = {**results, "reward_model": {"accuracy": rm_eval["accuracy"], "margin": rm_eval["margin"]},
                "pairs": asdict(pair_report),
                "sweep": sweep, "config": asdict(cfg), "stage_seconds": log, "total_seconds": time.perf_counter() - t_all}
+    if cfg.targets: metrics["targets"] = check_targets(metrics, cfg.targets)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     from rlhf_nb.viz import demo_report
     (out / "report.html").write_text(demo_report(metrics))
@@ -210,12 +275,17 @@ def _middle(cfg: DemoConfig, method: str):
     return vals[len(vals) // 2]
 
 def summary(metrics: dict) -> str:
-    "A plain-text table of each method's oracle reward, KL and EOS rate."
-    lines = [f"{'method':<6} {'reward':>7} {'KL mean':>8} {'KL med':>7} {'EOS':>5} {'sec':>6}"]
+    "A plain-text table of each method's oracle reward, mean KL (± 95% CI), median and p95 KL and EOS rate; then the targets."
+    lines = [f"{'method':<6} {'reward':>7} {'KL mean ± CI95':>15} {'KL med':>7} {'KL p95':>7} {'EOS':>5} {'sec':>6}"]
     for m in ("sft", "ppo", "dpo", "ipo", "kto"):
-        if m in metrics:
-            r = metrics[m]
-            lines.append(f"{m:<6} {r['oracle_reward']:>+7.3f} {r['kl_mean']:>8.2f} {r['kl_median']:>7.2f} {r['eos_rate']:>5.2f} "
-                         f"{r['seconds']:>6.0f}{'  KL guard!' if r.get('kl_flag') else ''}")
+        if m not in metrics: continue
+        r = metrics[m]
+        lines.append(f"{m:<6} {r['oracle_reward']:>+7.3f} {r['kl_mean']:>7.2f} ± {r['kl_ci95']:<5.2f} {r['kl_median']:>7.2f} "
+                     f"{r['kl_p95']:>7.2f} {r['eos_rate']:>5.2f} {r['seconds']:>6.0f}{'  KL guard!' if r.get('kl_flag') else ''}")
+    p = metrics.get("pairs", {})
+    if p: lines.append(f"pairs: {p['pairs']} kept of {p['prompts']} prompts ({p['ties']} ties, {p['empty']} empty, "
+                       f"{p.get('truncated', 0)} truncated dropped)")
     lines.append(f"reward model held-out accuracy {metrics['reward_model']['accuracy']:.3f}; total {metrics['total_seconds']:.0f} s")
+    for t in metrics.get("targets", {}).get("checks", []):
+        lines.append(f"target {'met   ' if t['ok'] else 'MISSED'} {t['check']}: {t['value']:.3f}")
     return "\n".join(lines)

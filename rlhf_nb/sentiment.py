@@ -12,12 +12,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .data import load_rows, tokenize_prompts, PromptCollator
 from .models import tiny_tokenizer, tiny_llama, ensure_pad_token
-from .ppo import truncate_at_stop
+from .ppo import truncate_at_stop, _plain_sampling
 
 # %% auto #0
-__all__ = ['oracle_reward', 'ReviewWords', 'review_words', 'review_sentence', 'make_corpus', 'in_grammar', 'sentiment_tokenizer',
-           'sentiment_policy', 'make_prompts', 'Completions', 'sample_completions', 'PairReport', 'label_pairs',
-           'clean_review', 'load_imdb', 'imdb_prompts', 'hub_sentiment_oracle']
+__all__ = ['oracle_reward', 'sentiment_reward', 'ReviewWords', 'review_words', 'review_sentence', 'make_corpus', 'in_grammar',
+           'sentiment_tokenizer', 'sentiment_policy', 'make_prompts', 'Completions', 'sample_completions', 'PairReport',
+           'label_pairs', 'clean_review', 'load_imdb', 'imdb_prompts', 'hub_sentiment_oracle']
 
 # %% ../nbs/20_sentiment.ipynb #260aba98
 @functools.lru_cache(maxsize=1)
@@ -46,6 +46,17 @@ def oracle_reward(texts: list[str], # completions (or any texts) to score
     "The oracle reward of each text: VADER's compound sentiment score."
     sia = _vader()
     return [sia.polarity_scores(t)["compound"] for t in _check_texts(texts)]
+
+# %% ../nbs/20_sentiment.ipynb #6866cf62
+def sentiment_reward(prompts: list[str], # the prompt of each completion (not scored: the oracle reads the continuation)
+                     completions: list[str], # one completion per prompt, without the stop token
+                     **kwargs, # whatever else a caller passes along (ignored)
+                    ) -> list[float]: # VADER compound score of each completion, in [-1, 1]
+    "PPO's `reward_fn(prompts, completions)`: the oracle reward of each completion."
+    completions = _check_texts(completions, "completions")
+    if len(_check_texts(prompts, "prompts")) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: pass one prompt per completion")
+    return oracle_reward(completions)
 
 # %% ../nbs/20_sentiment.ipynb #40bfe8eb
 _ADJECTIVES = ("good great bad terrible boring dull wonderful awful excellent brilliant fun funny poor weak beautiful "
@@ -232,9 +243,10 @@ def _generate(model, tok, batch: dict, n: int, temperature: float, max_new_token
     "Sample `n` completions per prompt of one left-padded batch: (texts, ended, new tokens)."
     dev = next(model.parameters()).device
     ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)        # (B, T)
-    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                         max_new_tokens=max_new_tokens, num_return_sequences=n,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # (B·n, T + ≤N)
+    with _plain_sampling(model):                                                     # no checkpoint defaults (top-k, penalties)
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, num_return_sequences=n,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # (B·n, T + ≤N)
     rows, ended = _cut_at_eos(out[:, ids.shape[1]:], tok.eos_token_id)
     return tok.batch_decode(rows, skip_special_tokens=True), ended, sum(map(len, rows))
 
@@ -267,27 +279,31 @@ def sample_completions(model: nn.Module, # a causal LM (the SFT policy)
 # %% ../nbs/20_sentiment.ipynb #febb141b
 @dataclass
 class PairReport:
-    "What `label_pairs` did: prompts read, pairs kept, ties and empty completions dropped."
-    prompts: int = 0 # prompts read
-    pairs: int = 0   # preference rows made
-    ties: int = 0    # prompts dropped: best and worst completions within `min_gap`
-    empty: int = 0   # prompts dropped: fewer than two non-empty completions
-    def __str__(self): return (f"{self.prompts} prompts: {self.pairs} pairs kept, {self.ties} ties and {self.empty} with an "
-                               "empty completion dropped")
+    "What `label_pairs` did: prompts read, pairs kept, ties, empty and truncated completions dropped."
+    prompts: int = 0   # prompts read
+    pairs: int = 0     # preference rows made
+    ties: int = 0      # prompts dropped: best and worst completions within `min_gap`
+    empty: int = 0     # prompts dropped: fewer than two non-empty completions
+    truncated: int = 0 # prompts dropped: fewer than two usable completions because some were cut at the budget (no EOS)
+    def __str__(self): return (f"{self.prompts} prompts: {self.pairs} pairs kept, {self.ties} ties, {self.empty} with an "
+                               f"empty completion and {self.truncated} with a truncated one dropped")
 
 # %% ../nbs/20_sentiment.ipynb #2608cec0
 def label_pairs(prompts: list[str],
                 completions: list[list[str]], # >= 2 completions per prompt (e.g. from `sample_completions`)
                 oracle=oracle_reward, # texts -> list of scores; higher is better
                 min_gap: float = 0.05, # a smaller score difference is a tie, and the prompt is dropped
+                ended: list[list[bool]] | None = None, # EOS flag per completion; `completions.ended` when it has one
                ) -> tuple[list[dict], PairReport]:
-    "Preference rows {prompt, chosen, rejected, score_chosen, score_rejected} ranked by the oracle; ties and empties dropped and counted."
+    "Preference rows {prompt, chosen, rejected, score_chosen, score_rejected} ranked by the oracle; ties, empties and truncations dropped and counted."
     if len(prompts) != len(completions): raise ValueError(f"{len(prompts)} prompts but {len(completions)} lists of completions")
-    flat = [c for cs in completions for c in cs if c.strip()]
-    scores, rows, report = iter(oracle(flat)), [], PairReport(prompts=len(prompts))
-    for p, cs in zip(prompts, completions):
-        scored = sorted(((next(scores), c) for c in cs if c.strip()), key=lambda t: t[0])   # (score, text), worst first
-        if len(scored) < 2: report.empty += 1
+    ended = ended if ended is not None else getattr(completions, "ended", [[True] * len(cs) for cs in completions])
+    if [len(e) for e in ended] != [len(cs) for cs in completions]: raise ValueError("`ended` needs one flag per completion")
+    usable = [[c for c, e in zip(cs, es) if e and c.strip()] for cs, es in zip(completions, ended)]   # finished, non-empty
+    scores, rows, report = iter(oracle([c for cs in usable for c in cs])), [], PairReport(prompts=len(prompts))
+    for p, cs, es in zip(prompts, usable, ended):
+        scored = sorted(((next(scores), c) for c in cs), key=lambda t: t[0])   # (score, text), worst first
+        if len(scored) < 2: report.truncated += not all(es); report.empty += all(es)
         elif scored[-1][0] - scored[0][0] < min_gap: report.ties += 1
         else: rows.append(dict(prompt=p, chosen=scored[-1][1], rejected=scored[0][1],
                                score_chosen=scored[-1][0], score_rejected=scored[0][0]))

@@ -158,29 +158,59 @@ def dpo_explorer(beta: float = 0.1, # initial β
 # %% ../nbs/30_viz.ipynb #91f93357
 _METHOD_COLORS = {"sft": "#555555", "ppo": "#d62728", "dpo": "#1f77b4", "ipo": "#2ca02c", "kto": "#9467bd"}
 
+def _bars(pts: list[dict], key: str) -> dict:
+    "Symmetric plotly error bars from each point's `key` (a CI half-width; none where it is missing or NaN)."
+    v = [p.get(key) for p in pts]
+    return dict(type="data", array=[x if x is not None and x == x else 0.0 for x in v], visible=True, thickness=1.2)
+
 def frontier_figure(metrics: dict, # as written to metrics.json by `run_demo`
                    ):
-    "Plotly figure: mean oracle reward against median KL(π‖π_SFT), one line per method over its sweep."
+    "Plotly figure: mean oracle reward against mean KL(π‖π_SFT), 95% CIs as error bars, one line per method over its sweep."
     import plotly.graph_objects as go
     fig = go.Figure()
     for m, color in _METHOD_COLORS.items():
-        pts = sorted([p for p in metrics.get("sweep", []) if p["method"] == m], key=lambda p: p["kl_median"])
+        pts = sorted([p for p in metrics.get("sweep", []) if p["method"] == m], key=lambda p: p["kl_mean"])
         if m == "sft": pts = [metrics["sft"]] if "sft" in metrics else []
         if not pts: continue
-        fig.add_trace(go.Scatter(x=[p["kl_median"] for p in pts], y=[p["oracle_reward"] for p in pts], name=m.upper(),
+        tail = [[p.get("kl_median", float("nan")), p.get("kl_p95", float("nan"))] for p in pts]
+        fig.add_trace(go.Scatter(x=[p["kl_mean"] for p in pts], y=[p["oracle_reward"] for p in pts], name=m.upper(),
+                                 error_x=_bars(pts, "kl_ci95"), error_y=_bars(pts, "oracle_reward_ci95"), customdata=tail,
+                                 hovertemplate="mean KL %{x:.2f} (median %{customdata[0]:.2f}, p95 %{customdata[1]:.2f})<br>reward %{y:.3f}",
                                  mode="lines+markers" if len(pts) > 1 else "markers", marker=dict(size=11, color=color),
                                  line=dict(color=color)))
-    fig.update_layout(title="Oracle reward vs KL from the SFT policy (held-out prompts)", height=460,
-                      xaxis_title="median KL(π ‖ π_SFT) per sequence (nats)", yaxis_title="mean oracle reward (VADER)",
+    fig.update_layout(title="Oracle reward vs KL from the SFT policy (held-out prompts, 95% CIs)", height=460,
+                      xaxis_title="mean KL(π ‖ π_SFT) per sequence (nats)", yaxis_title="mean oracle reward (VADER)",
                       template="plotly_white")
     return fig
 
+# %% ../nbs/30_viz.ipynb #f5f07238
 def _table(metrics: dict) -> str:
-    head = "<tr><th>method</th><th>oracle reward</th><th>KL mean</th><th>KL median</th><th>EOS rate</th><th>seconds</th></tr>"
-    rows = "".join(f"<tr><td>{m.upper()}</td><td>{r['oracle_reward']:+.3f}</td><td>{r['kl_mean']:.2f}</td><td>{r['kl_median']:.2f}</td>"
-                   f"<td>{r['eos_rate']:.2f}</td><td>{r['seconds']:.0f}{' ⚠ KL guard' if r.get('kl_flag') else ''}</td></tr>"
+    "The results table: reward and mean KL with their 95% CIs, KL median and p95, EOS rate, seconds, the KL guard."
+    head = ("<tr><th>method</th><th>oracle reward ± 95% CI</th><th>KL mean ± 95% CI</th><th>KL median</th><th>KL p95</th>"
+            "<th>EOS rate</th><th>seconds</th></tr>")
+    nan = float("nan")
+    rows = "".join(f"<tr><td>{m.upper()}</td><td>{r['oracle_reward']:+.3f} ± {r.get('oracle_reward_ci95', nan):.3f}</td>"
+                   f"<td>{r['kl_mean']:.2f} ± {r.get('kl_ci95', nan):.2f}</td><td>{r['kl_median']:.2f}</td>"
+                   f"<td>{r.get('kl_p95', nan):.2f}</td><td>{r['eos_rate']:.2f}</td>"
+                   f"<td>{r['seconds']:.0f}{' ⚠ KL guard' if r.get('kl_flag') else ''}</td></tr>"
                    for m in ("sft", "ppo", "dpo", "ipo", "kto") if m in metrics for r in [metrics[m]])
     return f"<table>{head}{rows}</table>"
+
+def _targets(metrics: dict) -> str:
+    "The targets table (target, value, met or missed); empty when the run had none."
+    t = metrics.get("targets")
+    if not t: return ""
+    rows = "".join(f"<tr><td>{c['check']}</td><td>{c['value']:.3f}</td><td>{'✓ met' if c['ok'] else '✗ missed'}</td></tr>"
+                   for c in t["checks"])
+    return (f"<h2>Targets: {'all met' if t['all_met'] else 'not all met'}</h2>"
+            f"<table><tr><th>target</th><th>value</th><th></th></tr>{rows}</table>")
+
+def _pairs(metrics: dict) -> str:
+    "One sentence on the preference pairs: kept, and dropped as ties, empty or truncated."
+    p = metrics.get("pairs")
+    if not p: return ""
+    return (f" Preference pairs: {p['pairs']:,} kept of {p['prompts']:,} prompts ({p['ties']:,} ties, {p['empty']:,} with an "
+            f"empty completion and {p.get('truncated', 0):,} with a completion cut at the token budget dropped).")
 
 def _examples(metrics: dict) -> str:
     import html
@@ -201,6 +231,7 @@ def demo_report(metrics: dict) -> str:
              "th:first-child,td:first-child{text-align:left}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf_nb demo report</title><style>{style}</style></head><body>"
             f"<h1>Controlled sentiment generation</h1><p>Each policy is scored by the oracle (VADER's compound score of the "
-            f"completion, in [−1, 1]) on held-out prompts, against its KL from the SFT policy. Reward-model held-out "
-            f"accuracy: <b>{rm.get('accuracy', float('nan')):.3f}</b>. Total time: {metrics.get('total_seconds', 0):.0f} s.</p>"
-            f"{fig}<h2>Results</h2>{_table(metrics)}<h2>Example completions</h2>{_examples(metrics)}</body></html>")
+            f"completion, in [−1, 1]) on held-out prompts, against its mean KL from the SFT policy (±: 95% confidence intervals). Reward-model held-out "
+            f"accuracy: <b>{rm.get('accuracy', float('nan')):.3f}</b>.{_pairs(metrics)} "
+            f"Total time: {metrics.get('total_seconds', 0):.0f} s.</p>"
+            f"{fig}<h2>Results</h2>{_table(metrics)}{_targets(metrics)}<h2>Example completions</h2>{_examples(metrics)}</body></html>")

@@ -12,15 +12,38 @@ def demo_dir(tmp_path_factory):
     r = subprocess.run(["rlhf_nb", "demo", "--out", str(out), "--tiny", "--quiet"], env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "reward model held-out accuracy" in r.stdout                      # the printed summary
+    assert "KL mean ± CI95" in r.stdout and "truncated dropped" in r.stdout
     return out
 
 def test_metrics_file(demo_dir):
     m = json.loads((demo_dir / "metrics.json").read_text())
+    keys = {"oracle_reward", "oracle_reward_ci95", "kl_mean", "kl_std", "kl_ci95", "kl_median", "kl_p95", "eos_rate",
+            "kl_flag", "n_samples", "seconds"}
     for method in ("sft", "ppo", "dpo", "ipo", "kto"):
-        assert {"oracle_reward", "kl_mean", "kl_median", "eos_rate", "seconds"} <= set(m[method]), method
-        assert -1 <= m[method]["oracle_reward"] <= 1 and 0 <= m[method]["eos_rate"] <= 1
-    assert abs(m["sft"]["kl_mean"]) < 1e-4                                   # the SFT policy against itself
+        r = m[method]
+        assert keys <= set(r), (method, keys - set(r))
+        assert -1 <= r["oracle_reward"] <= 1 and 0 <= r["eos_rate"] <= 1
+        assert r["kl_std"] >= 0 and r["kl_ci95"] >= 0 and r["kl_p95"] >= r["kl_median"]
+        assert r["n_samples"] == m["config"]["n_eval_prompts"] * m["config"]["n_eval_samples"]
+        assert r["kl_flag"] == (r["kl_mean"] > m["config"]["kl_limit"] or r["kl_p95"] > 3 * m["config"]["kl_limit"])
+    assert abs(m["sft"]["kl_mean"]) < 1e-4 and m["sft"]["kl_ci95"] < 1e-4    # the SFT policy against itself
     assert 0 <= m["reward_model"]["accuracy"] <= 1
+    p = m["pairs"]                                                           # every prompt accounted for, truncations too
+    assert p["pairs"] + p["ties"] + p["empty"] + p["truncated"] == p["prompts"] == m["config"]["n_pair_prompts"]
+    assert "targets" not in m                                                # --tiny has none; --quick has QUICK_TARGETS
+
+def test_report_file(demo_dir):
+    page = (demo_dir / "report.html").read_text()
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    assert "KL mean ± 95% CI" in page and "KL p95" in page
+    assert f"{m['dpo']['kl_mean']:.2f} ± {m['dpo']['kl_ci95']:.2f}" in page   # the mean, with its interval
+    assert f"{m['pairs']['truncated']:,} with a completion cut at the token budget" in page
+
+def test_quick_config_has_the_targets():
+    from rlhf_nb.demo import DemoConfig, QUICK_TARGETS
+    t = DemoConfig.quick().targets
+    assert t["reward_gain"] == {"ppo": 0.5, "dpo": 0.5, "ipo": 0.3, "kto": 0.3} and t["kl_mean_max"] == {"ppo": 5.0, "dpo": 5.0}
+    assert t["rm_accuracy"] == 0.88 and t == QUICK_TARGETS
 
 def _chromium(*args):
     prof = tempfile.mkdtemp()
@@ -34,6 +57,7 @@ def test_report_in_a_browser(demo_dir):
     dom = _chromium("--dump-dom", page).stdout
     assert "Controlled sentiment generation" in dom and "Reward-model held-out" in dom
     assert "Oracle reward vs KL" in dom                                       # the figure's title, drawn by plotly.js
+    assert "mean KL(π ‖ π_SFT)" in dom                                        # the x axis: the mean, not the median
     assert "main-svg" in dom                                                  # plotly rendered an SVG
     for m in ("SFT", "PPO", "DPO", "IPO", "KTO"): assert f"<td>{m}</td>" in dom
     png = demo_dir / "shot.png"
