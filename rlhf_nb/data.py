@@ -214,12 +214,12 @@ def _with_eos(ids: list[int], eos: int, closed: bool = False) -> list[int]:
     "`ids` ending with exactly one EOS: appended unless already there, or unless the template `closed` the turn itself."
     return ids if ids and (ids[-1] == eos or closed) else ids + [eos]
 
-def _encode_rows(tok, rendered: list) -> list[tuple[list[int], dict]]:
-    "(prompt ids, {field: response ids ending the turn}) per rendered row."
+def _encode_rows(tok, rendered: list, unended: list | None = None) -> list[tuple[list[int], dict]]:
+    "(prompt ids, {field: response ids ending the turn}) per rendered row; fields in `unended[j]` (cut off by a sampler) get no EOS."
     p_ids = _encode(tok, [p for p, _, _ in rendered], [not chat for _, _, chat in rendered])
     fields = list(rendered[0][1])
     r_ids = {f: tok([r[f] for _, r, _ in rendered], add_special_tokens=False)["input_ids"] for f in fields}
-    closed = lambda j, f: rendered[j][2] and _special_end(tok, rendered[j][1][f]) is not None   # e.g. <end_of_turn>
+    closed = lambda j, f: (rendered[j][2] and _special_end(tok, rendered[j][1][f]) is not None) or (unended and f in unended[j])
     return [(p, {f: _with_eos(list(r_ids[f][j]), tok.eos_token_id, closed(j, f)) for f in fields}) for j, p in enumerate(p_ids)]
 
 # %% ../nbs/01_data.ipynb #6700cfc3
@@ -299,10 +299,14 @@ def _prepare(rows, tok, split_row, max_length: int, max_prompt_length, on_overfl
     index = range(len(recs)) if index is None else index                 # the rows' numbers in the user's data, for errors
     return recs, [_render(tok, i, *split_row(r, i), **_template_kwargs(r, chat_template_kwargs)) for i, r in zip(index, recs)], mpl
 
-def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str, index=None):
+def _unended(recs: list, fields) -> list[set]:
+    "Per row, the response fields flagged `<field>_ended=False`: responses a sampler cut off, which must not learn to stop."
+    return [{f for f in fields if r.get(f"{f}_ended") is False} for r in recs]
+
+def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str, index=None, unended=None):
     "Tokenize the rendered rows and fit each into `max_length`: ([(row, prompt ids, {field: ids})], DataReport)."
     report, kept = DataReport(rows=len(rendered)), []
-    for i, (p, rs) in enumerate(_encode_rows(tok, rendered)):
+    for i, (p, rs) in enumerate(_encode_rows(tok, rendered, unended)):
         p2, rs2, cut_p, cut_r = _fit(p, rs, max_length, mpl, tok.bos_token_id)
         if (cut_p or cut_r) and on_overflow != "truncate":
             if on_overflow == "error": raise ValueError(_overflow_message(i if index is None else index[i], p, rs, max_length))
@@ -395,7 +399,7 @@ def _single_turns(recs: list, index: list, tok, max_length: int, max_prompt_leng
     "{row index: tokenized row} of the rows trained on one response, their DataReport and the prompt budget."
     _, rendered, mpl = _prepare([recs[i] for i in index], tok, _sft_split, max_length, max_prompt_length, on_overflow, kw, index)
     rendered = [(p, {"completion": next(iter(r.values()))}, c) for p, r, c in rendered]
-    kept, report = _fit_rows(tok, rendered, max_length, mpl, on_overflow, index)
+    kept, report = _fit_rows(tok, rendered, max_length, mpl, on_overflow, index, _unended([recs[i] for i in index], ("completion",)))
     return {index[j]: dict(zip(("input_ids", "labels"), _join(p, rs["completion"]))) for j, p, rs in kept}, report, mpl
 
 def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messages or text rows
@@ -475,7 +479,7 @@ def tokenize_preferences(rows, # anything `load_rows` accepts: prompt/chosen/rej
     for i, (_, r, _) in enumerate(rendered):
         if r["chosen"] == r["rejected"]:
             raise ValueError(f"row {i}: 'chosen' and 'rejected' are identical, so the row carries no preference: remove it")
-    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow)
+    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow, unended=_unended(recs, ("chosen", "rejected")))
     extras = _extra_columns(recs[0], {"prompt", "chosen", "rejected"})
     out = [_pair_row(p, rs) | {k: recs[i][k] for k in extras} for i, p, rs in kept]
     return _finish(out, report, "tokenize_preferences", max_length=max_length, max_prompt_length=mpl)
@@ -511,7 +515,7 @@ def tokenize_unpaired(rows, # anything `load_rows` accepts: prompt/completion/la
                      ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize KTO rows into `input_ids`, `labels`, `desirable`, `prompt_input_ids` and `completion_input_ids`."
     recs, rendered, mpl = _prepare(rows, tokenizer, _unpaired_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
-    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow)
+    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow, unended=_unended(recs, ("completion",)))
     _check_both_labels([bool(recs[i]["label"]) for i, _, _ in kept])
     extras = _extra_columns(recs[0], {"prompt", "completion", "label"})
     out = [dict(zip(("input_ids", "labels"), _join(p, rs["completion"])), desirable=bool(recs[i]["label"]),
