@@ -317,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, help="torch CPU threads on a CPU-only machine (default: 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(fn=_cmd_demo)
+    from rlhf_nb.inspect import add_parser; add_parser(sub)             # rlhf_nb inspect: see the data before training
     return p
 
 def main(argv: list[str] | None = None):

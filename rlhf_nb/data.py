@@ -210,13 +210,17 @@ def _encode(tok, texts: list[str], add_special: list[bool]) -> list[list[int]]:
             for j, ids in zip(idx, tok([texts[j] for j in idx], add_special_tokens=flag)["input_ids"]): out[j] = list(ids)
     return out
 
+def _add_special(tok, text: str, chat: bool) -> bool:
+    "Whether a prompt is tokenized with the tokenizer's special tokens: not after a template, nor when it starts with BOS already."
+    return not chat and not (tok.bos_token and text.startswith(tok.bos_token))
+
 def _with_eos(ids: list[int], eos: int, closed: bool = False) -> list[int]:
     "`ids` ending with exactly one EOS: appended unless already there, or unless the template `closed` the turn itself."
     return ids if ids and (ids[-1] == eos or closed) else ids + [eos]
 
 def _encode_rows(tok, rendered: list, unended: list | None = None) -> list[tuple[list[int], dict]]:
     "(prompt ids, {field: response ids ending the turn}) per rendered row; fields in `unended[j]` (cut off by a sampler) get no EOS."
-    p_ids = _encode(tok, [p for p, _, _ in rendered], [not chat for _, _, chat in rendered])
+    p_ids = _encode(tok, [p for p, _, _ in rendered], [_add_special(tok, p, chat) for p, _, chat in rendered])
     fields = list(rendered[0][1])
     r_ids = {f: tok([r[f] for _, r, _ in rendered], add_special_tokens=False)["input_ids"] for f in fields}
     closed = lambda j, f: (rendered[j][2] and _special_end(tok, rendered[j][1][f]) is not None) or (unended and f in unended[j])
@@ -549,7 +553,7 @@ def tokenize_prompts(rows, # anything `load_rows` accepts with a `prompt` column
     if max_prompt_length < 1: raise ValueError(f"max_prompt_length={max_prompt_length}: a prompt needs at least one token")
     recs = _records(rows)
     texts = [_prompt_text(tokenizer, r, i, chat_template_kwargs) for i, r in enumerate(recs)]
-    ids = _encode(tokenizer, [t for t, _ in texts], [not chat for _, chat in texts])
+    ids = _encode(tokenizer, [t for t, _ in texts], [_add_special(tokenizer, t, chat) for t, chat in texts])
     report, extras = DataReport(rows=len(recs)), _extra_columns(recs[0], {"prompt"})
     fitted = [_fit_prompt(i, x, max_prompt_length, on_overflow, tokenizer.bos_token_id, report) for i, x in enumerate(ids)]
     out = [{"input_ids": x, "prompt": texts[i][0], **{k: recs[i][k] for k in extras}} for i, x in enumerate(fitted) if x is not None]

@@ -160,3 +160,11 @@ def test_every_command_on_the_real_tokenizer(tok, tmp_path):
         out = main([cmd, "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / f"{cmd}.jsonl"), "--output-dir",
                     str(tmp_path / cmd), "--max-steps", "1", "--batch-size", "2", "--max-length", "128", "--quiet"])
         assert out["steps"] == 1 and (tmp_path / cmd / "final").exists(), cmd
+
+def test_a_string_prompt_that_holds_its_bos_gets_no_second_one():
+    "A prompt rendered with the template beforehand, given as a string: Llama 3.1's tokenizer would add BOS again."
+    tok = load_tokenizer(str(ROOT / "llama-3.1-instruct"))
+    rendered = tok.apply_chat_template([USER], tokenize=False, add_generation_prompt=True)
+    r = tokenize_preferences([{"prompt": rendered, "chosen": GOOD + "<|eot_id|>", "rejected": BAD + "<|eot_id|>"}], tok)[0][0]
+    assert r["chosen_input_ids"].count(tok.bos_token_id) == 1
+    assert tokenize_prompts([{"prompt": rendered}], tok)[0][0]["input_ids"].count(tok.bos_token_id) == 1
