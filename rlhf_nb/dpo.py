@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_dpo.ipynb #4e549ac8
 from __future__ import annotations
-import json, os, shutil
+import hashlib, json, os, shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 import datasets
+import pyarrow.compute as pa_compute
 from tqdm.auto import tqdm
 from .core import sequence_logps
 from .models import reference_model, frozen_copy, is_peft
@@ -22,7 +23,8 @@ from .train import TrainConfig, Trainer, evaluate, process_state
 
 # %% auto #0
 __all__ = ['dpo_loss', 'robust_dpo_loss', 'hinge_loss', 'preference_metrics', 'concatenated_logps', 'reference_logps',
-           'precompute_reference_logps', 'preference_batch', 'evaluate_preferences', 'DPOConfig', 'dpo']
+           'data_fingerprint', 'model_fingerprint', 'precompute_reference_logps', 'preference_batch',
+           'evaluate_preferences', 'DPOConfig', 'dpo']
 
 # %% ../nbs/14_dpo.ipynb #a23d0a52
 def _check_logps(fn: str, **tensors: torch.Tensor):
@@ -148,60 +150,128 @@ def reference_logps(policy: nn.Module, # the policy being trained
 
 # %% ../nbs/14_dpo.ipynb #c1a88d8d
 _REF_COLUMNS, _REF_NOTE = ("ref_chosen_logps", "ref_rejected_logps"), "rlhf_nb_reference.json"
+_PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")   # what the reference reads
 
-def _reference_pass(model, dataset, pad_token_id: int, batch_size: int, average: bool) -> dict[str, list[float]]:
-    "Reference log-probs of every row of `dataset`, in order, in one no-grad pass (a peft model with its adapters off)."
-    dl = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id))   # not shuffled
-    device, cols, was_training = next(model.parameters()).device, {c: [] for c in _REF_COLUMNS}, model.training
+def _reference_pass(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, batch_size: int) -> dict[str, list[float]]:
+    "`logps_fn(reference, batch)` for every row of `dataset`, in order, in one no-grad pass (a peft model with its adapters off)."
+    dl = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)                        # not shuffled
+    device, cols, was_training = next(model.parameters()).device, {c: [] for c in columns}, model.training
     model.eval()                                                            # no dropout in a reference
     try:
         with reference_model(model, None if is_peft(model) else model) as m:
             for batch in tqdm(dl, desc="reference log-probs", disable=not process_state().is_main_process):
-                logps = concatenated_logps(m, {k: v.to(device) for k, v in batch.items()}, average)
-                for c, lp in zip(_REF_COLUMNS, logps): cols[c] += lp.float().cpu().tolist()
+                logps = logps_fn(m, {k: v.to(device) for k, v in batch.items()})             # tuple of (B,)
+                for c, lp in zip(columns, logps): cols[c] += lp.float().cpu().tolist()
     finally: model.train(was_training)
     return cols
 
+# %% ../nbs/14_dpo.ipynb #a9ffc826
+def _sha(*parts) -> str: return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+def data_fingerprint(dataset: datasets.Dataset, # tokenized rows
+                     columns: tuple[str, ...] = _PAIR_COLUMNS, # the token-id columns the reference reads
+                     **settings, # anything else its numbers depend on, e.g. a cut the collator applies
+                    ) -> str:
+    "sha256 over each row's length and ids in `columns`, in order, and `settings`: equal exactly when the reference reads the same tokens."
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    table = dataset.select_columns(list(columns)).with_format("arrow")[:]        # the dataset's rows, in its order
+    for c in columns:
+        h.update(c.encode())
+        for part in (pa_compute.list_value_length(table.column(c)), pa_compute.list_flatten(table.column(c))):   # (rows,), (tokens,)
+            h.update(part.to_numpy().astype("<i8").tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/14_dpo.ipynb #879afa16
+_VOLATILE = {"_name_or_path", "transformers_version", "use_cache", "architectures", "dtype", "torch_dtype"}
+
+def _base_name(name: str) -> str:
+    "A peft parameter's name as the plain model has it."
+    return name.replace("base_model.model.", "", 1).replace(".base_layer", "").replace(".original_module", "")
+
+@torch.no_grad()
+def _weights_signature(model: nn.Module) -> str:
+    "sha256 over each base weight's name, shape, dtype, float64 sum and norm (9 significant digits) and 16 of its entries."
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name: continue          # adapters: off in the reference pass
+        flat = p.detach().reshape(-1)                                       # (n,)
+        picks = flat[torch.linspace(0, max(flat.numel() - 1, 0), 16, device=flat.device).long()] if flat.numel() else flat
+        stats = torch.cat([torch.stack([flat.sum(dtype=torch.float64), torch.linalg.vector_norm(flat, dtype=torch.float64)]),
+                           picks.double()]).tolist()                        # one transfer per tensor
+        h.update(_sha(_base_name(name), tuple(p.shape), p.dtype, *(f"{s:.9e}" for s in stats[:2]), *stats[2:]).encode())
+    return h.hexdigest()
+
+def model_fingerprint(model: nn.Module, # a reference model, or a peft policy (its base weights: adapters off)
+                     ) -> dict[str, str | None]: # name_or_path, config, weights, adapters
+    "A reference's identity: `config._name_or_path`, a hash of its config, a signature of its weights, and 'off' for a peft model's adapters."
+    m = getattr(model, "module", model)
+    cfg = {k: v for k, v in m.config.to_dict().items() if k not in _VOLATILE}
+    return {"name_or_path": getattr(m.config, "_name_or_path", ""), "config": _sha(json.dumps(cfg, sort_keys=True, default=str)),
+            "weights": _weights_signature(m), "adapters": "off" if is_peft(m) else None}
+
 # %% ../nbs/14_dpo.ipynb #af8b9896
-def _save_reference(cols: dict, cache: Path, average: bool):
-    "Write the columns to the folder `cache` (a `save_to_disk` dataset and a note of how they were computed), atomically."
+def _cache_key(model, dataset, data_columns: tuple, reduction: str, **settings) -> dict:
+    "What cached reference numbers depend on: the rows (count and token ids), the model, the reduction."
+    return {"format": 2, "rows": len(dataset), "data": data_fingerprint(dataset, data_columns, **settings),
+            "model": model_fingerprint(model), "reduction": reduction}
+
+def _mismatch(saved: dict, key: dict) -> list[str]:
+    "What differs between a cache's record and this call's key, in words (the `adapters` note is not compared)."
+    out = [f"rows differ (cached {saved['rows']}, now {key['rows']})"] if saved["rows"] != key["rows"] else []
+    if saved["data"] != key["data"]:
+        out.append("data differ (other token ids: other rows or another order, tokenizer, chat template, max_length or max_prompt_length)")
+    old, new = saved["model"], key["model"]
+    parts = [k if k != "name_or_path" else f"name_or_path {old.get(k)!r} -> {new[k]!r}"
+             for k in ("name_or_path", "config", "weights") if old.get(k) != new[k]]
+    if parts: out.append(f"model differs ({'; '.join(parts)})")
+    if saved["reduction"] != key["reduction"]: out.append(f"reduction differs (cached {saved['reduction']}, now {key['reduction']})")
+    return out
+
+def _save_reference(cols: dict, cache: Path, key: dict):
+    "Write the columns to the folder `cache` (a `save_to_disk` dataset and the record `key`), atomically."
     tmp = cache.with_name(cache.name + ".tmp")
     if tmp.exists(): shutil.rmtree(tmp)
     datasets.Dataset.from_dict(cols).save_to_disk(str(tmp))
-    (tmp / _REF_NOTE).write_text(json.dumps({"rows": len(cols[_REF_COLUMNS[0]]), "average": average}))
+    (tmp / _REF_NOTE).write_text(json.dumps(key, indent=1))
     os.replace(tmp, cache)
 
-def _load_reference(cache: Path, n_rows: int, average: bool) -> dict[str, list[float]]:
-    "The columns saved in `cache`, after checking they fit a dataset of `n_rows` rows and the reduction `average`."
-    if not (cache / _REF_NOTE).exists():
-        raise ValueError(f"ref cache {str(cache)!r} exists but was not written by precompute_reference_logps: pass a new folder")
-    note = json.loads((cache / _REF_NOTE).read_text())
-    if note["rows"] != n_rows:
-        raise ValueError(f"ref cache {str(cache)!r} holds reference log-probs of {note['rows']} rows but the dataset has "
-                         f"{n_rows}: it was computed for other data. Delete the folder or pass another cache")
-    if note["average"] != average:
-        raise ValueError(f"ref cache {str(cache)!r} was computed with average={note['average']} but average={average} was "
-                         "asked: summed and averaged log-probs do not mix. Delete the folder or pass another cache")
-    saved = datasets.load_from_disk(str(cache))
-    return {c: saved[c] for c in _REF_COLUMNS}
+def _load_reference(cache: Path, key: dict, columns: tuple) -> dict[str, list[float]]:
+    "The `columns` saved in `cache`, after checking that its record is `key` (rows, data, model, reduction)."
+    note = cache / _REF_NOTE
+    saved = json.loads(note.read_text()) if note.exists() else {}
+    if saved.get("format") != key["format"]:
+        raise ValueError(f"ref cache {str(cache)!r} exists but holds no record of the data and the model its log-probs were "
+                         "computed for (it was not written by this version of rlhf_nb): delete the folder or pass another one")
+    if diff := _mismatch(saved, key):
+        raise ValueError(f"ref cache {str(cache)!r} was computed for another run: {'; '.join(diff)}. Its log-probs would be "
+                         "stale: delete the folder to compute them again, or pass another ref_cache folder")
+    saved_ds = datasets.load_from_disk(str(cache))
+    return {c: saved_ds[c] for c in columns}
 
 # %% ../nbs/14_dpo.ipynb #3436fbd4
+def _precompute(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, data_columns: tuple,
+                reduction: str, batch_size: int, cache, **settings) -> datasets.Dataset:
+    "`dataset` with the reference's `columns`: loaded from `cache` if it was made for this key, else computed (and saved there)."
+    cache = None if cache is None else Path(cache)
+    key = None if cache is None else _cache_key(model, dataset, data_columns, reduction, **settings)
+    if cache is not None and cache.exists(): cols = _load_reference(cache, key, columns)
+    else:
+        cols = _reference_pass(model, dataset, collate_fn, logps_fn, columns, batch_size)
+        if cache is not None and process_state().is_main_process: _save_reference(cols, cache, key)
+    dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
+    for c in columns: dataset = dataset.add_column(c, cols[c])
+    return dataset
+
 def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, or a peft policy (its adapters are switched off)
                                dataset: datasets.Dataset, # from `tokenize_preferences`
                                pad_token_id: int,
                                batch_size: int = 8, # pairs per forward pass
                                average: bool = False, # mean over response tokens instead of the sum, as the trainer will use
-                               cache: str | Path | None = None, # folder: loaded if it exists, else written
+                               cache: str | Path | None = None, # folder: loaded if it was made for this data, model and reduction, else written
                               ) -> datasets.Dataset:
-    "`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, computed in one no-grad pass (or loaded from `cache`)."
-    cache = None if cache is None else Path(cache)
-    if cache is not None and cache.exists(): cols = _load_reference(cache, len(dataset), average)
-    else:
-        cols = _reference_pass(ref_or_policy, dataset, pad_token_id, batch_size, average)
-        if cache is not None and process_state().is_main_process: _save_reference(cols, cache, average)
-    dataset = dataset.remove_columns([c for c in _REF_COLUMNS if c in dataset.column_names])
-    for c in _REF_COLUMNS: dataset = dataset.add_column(c, cols[c])
-    return dataset
+    "`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, computed in one no-grad pass (or loaded from a matching `cache`)."
+    return _precompute(ref_or_policy, dataset, PreferenceCollator(pad_token_id), lambda m, b: concatenated_logps(m, b, average),
+                       _REF_COLUMNS, _PAIR_COLUMNS, "mean" if average else "sum", batch_size, cache)
 
 # %% ../nbs/14_dpo.ipynb #722eb90c
 def preference_batch(model: nn.Module, # the policy
@@ -259,22 +329,26 @@ def _check_loss(loss_fn: Callable, kwargs: dict):
     if not (isinstance(out, tuple) and len(out) == 3):
         raise TypeError(f"{name} must return (losses, chosen_rewards, rejected_rewards), each of shape (B,)")
 
-def _setup_reference(model, ref_model, ds, pad_token_id: int, cfg, batch_size: int):
-    "The dataset and the reference the batch function needs: precomputed columns (no model), `ref_model`, None (adapters off) or a frozen copy."
-    if cfg.precompute_ref:
+def _setup_reference(model, ref_model, ds, precompute: Callable | None = None):
+    "The dataset and the reference a batch function needs: columns from `precompute(reference, ds)` (no model), else `ref_model`, None (adapters off) or a frozen copy."
+    if precompute is not None:
         src, state = (model if ref_model is None else ref_model), process_state()
-        with state.main_process_first():
-            ds = precompute_reference_logps(src.to(state.device), ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
+        with state.main_process_first(): ds = precompute(src.to(state.device), ds)   # the main process writes the cache first
         return ds, None
     return ds, (frozen_copy(model) if ref_model is None and not is_peft(model) else ref_model)
 
 # %% ../nbs/14_dpo.ipynb #48abbc1c
+def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg):
+    "`precompute_reference_logps` with a config's reduction and cache."
+    return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
+
 def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable, **loss_kwargs) -> Trainer:
     "Tokenize preference `rows`, set up the reference, and minimise `loss_fn` with `preference_batch` in the shared loop."
     _check_loss(loss_fn, loss_kwargs)
     config = config or TrainConfig()
     ds, _ = tokenize_preferences(rows, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
-    ds, ref = _setup_reference(model, ref_model, ds, tokenizer.pad_token_id, cfg, config.batch_size)
+    pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
+    ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, **loss_kwargs)
     trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
                       frozen=() if ref is None else (ref,))

@@ -7,16 +7,19 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+import datasets
 import torch
 from torch import nn
 from .core import masked_mean, sequence_logps
 from .models import reference_model, frozen_copy, is_peft
 from .data import load_rows, tokenize_unpaired, unpair_preferences, add_mismatched_completions, UnpairedCollator
 from .train import TrainConfig, Trainer
-from .dpo import _check_logps, _check_positive, concatenated_logps
+from .dpo import _check_logps, _check_positive, concatenated_logps, _precompute, _setup_reference
 
 # %% auto #0
-__all__ = ['kto_reference_kl', 'kto_loss', 'kto_weights', 'kto_metrics', 'kto_batch', 'kto_prepare', 'KTOConfig', 'kto']
+__all__ = ['kto_reference_kl', 'kto_loss', 'kto_weights', 'kto_metrics', 'kto_batch', 'kto_prepare',
+           'precompute_kto_reference_logps', 'KTOConfig', 'kto']
 
 # %% ../nbs/16_kto.ipynb #07c11745
 def kto_reference_kl(policy_mismatched_logps: torch.Tensor, # (M,) log π_θ(y_j|x_i) on mismatched pairs, j ≠ i
@@ -102,15 +105,17 @@ def kto_metrics(rewards: torch.Tensor, # (B,) β·(log π_θ − log π_ref), de
 
 # %% ../nbs/16_kto.ipynb #912858ab
 def _reference_point(model: nn.Module, batch: dict, ref: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Reference log-probs of the matched rows (B,), and the mismatched log-ratios log π_θ − log π_ref (B,), without gradients."
+    "Reference log-probs of the matched rows (B,) (the batch's precomputed ones if present), and the mismatched log-ratios log π_θ − log π_ref (B,), without gradients."
     # no-grad passes first, so their activations are gone before the policy's (kept for backward) pile up
-    with reference_model(model, ref) as m: ref_logps, ref_kl_logps = concatenated_logps(m, _with_mismatched(batch))  # (B,), (B,)
+    if "ref_kl_logps" in batch: ref_logps, ref_kl_logps = batch["ref_logps"], batch["ref_kl_logps"]          # precomputed
+    else:
+        with reference_model(model, ref) as m: ref_logps, ref_kl_logps = concatenated_logps(m, _with_mismatched(batch))  # (B,), (B,)
     with torch.no_grad(): policy_kl_logps = _logps(model, batch, "kl_")          # (B,) only feeds the detached ẑ₀
     return ref_logps, policy_kl_logps - ref_kl_logps
 
 def kto_batch(model: nn.Module, # the policy
-              batch: dict, # from `UnpairedCollator` (matched rows, `desirable`, mismatched `kl_*` rows), maybe with `kto_prepare`'s `ref_logps`, `kl_ref`
-              ref: nn.Module | None = None, # a separate reference; None = the peft policy with its adapters off
+              batch: dict, # from `UnpairedCollator` (matched rows, `desirable`, mismatched `kl_*` rows), maybe with precomputed `ref_logps`, `ref_kl_logps` and `kto_prepare`'s `kl_ref`
+              ref: nn.Module | None = None, # a separate reference; None = the peft policy with its adapters off (unused with precomputed columns)
               beta: float = 0.1, # β
               desirable_weight: float = 1.0, # λ_D
               undesirable_weight: float = 1.0, # λ_U
@@ -137,15 +142,36 @@ def kto_prepare(trainer, # the `Trainer` (its model and accelerator)
     for b in micro: b["kl_ref"] = z0
     return micro
 
+# %% ../nbs/16_kto.ipynb #448d9fff
+_KTO_REF_COLUMNS = ("ref_logps", "ref_kl_logps")
+_KTO_DATA_COLUMNS = ("input_ids", "labels", "prompt_input_ids", "kl_completion_input_ids")   # what the reference reads
+
+def precompute_kto_reference_logps(ref_or_policy: nn.Module, # the reference model, or a peft policy (its adapters are switched off)
+                                   dataset: datasets.Dataset, # from `tokenize_unpaired`, then `add_mismatched_completions`
+                                   pad_token_id: int,
+                                   batch_size: int = 8, # rows per forward pass (each with its mismatched pair)
+                                   max_length: int | None = None, # the cut `UnpairedCollator` applies to the mismatched pairs in training
+                                   cache: str | Path | None = None, # folder: loaded if it was made for this data and model, else written
+                                  ) -> datasets.Dataset:
+    "`dataset` with `ref_logps` / `ref_kl_logps`: the reference's summed log-probs of each row and of its mismatched pair, in one no-grad pass."
+    if "kl_completion_input_ids" not in dataset.column_names:
+        raise ValueError("precompute_kto_reference_logps: the rows have no fixed mismatched completion; call "
+                         "rlhf_nb.data.add_mismatched_completions first (pairs formed inside each batch change with the shuffle)")
+    return _precompute(ref_or_policy, dataset, UnpairedCollator(pad_token_id, max_length),
+                       lambda m, b: concatenated_logps(m, _with_mismatched(b)), _KTO_REF_COLUMNS, _KTO_DATA_COLUMNS,
+                       "sum", batch_size, cache, kl_max_length=max_length)
+
 # %% ../nbs/16_kto.ipynb #48759938
 @dataclass
 class KTOConfig:
-    "What KTO minimises, and how its data are prepared."
+    "What KTO minimises, and how its data and its reference are prepared."
     beta: float = 0.1                          # β: how fast the value function saturates
     desirable_weight: float | None = None      # λ_D; with undesirable_weight also None: from `kto_weights` on the label counts
     undesirable_weight: float | None = None    # λ_U; a weight left None beside a given one is 1
     max_length: int = 512                      # prompt + completion + EOS, in tokens (the mismatched pairs too)
     max_prompt_length: int | None = None       # a longer prompt keeps its end; max_length // 2 when None
+    precompute_ref: bool = False               # reference log-probs of each row and its mismatched pair in one pass before training
+    ref_cache: str | None = None               # with precompute_ref: a folder to load them from, or to write them to
 
 # %% ../nbs/16_kto.ipynb #ee8c0da7
 def _unpaired_rows(rows):
@@ -168,7 +194,7 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         tokenizer, # with a pad token
         rows, # unpaired prompt/completion/label rows, or paired prompt/chosen/rejected rows (split in two)
         config: TrainConfig | None = None, # how to optimise
-        kto: KTOConfig | None = None, # β, the loss weights, the data lengths
+        kto: KTOConfig | None = None, # β, the loss weights, the data lengths, the reference mode
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
        ) -> Trainer:
     "KTO of `model` on labelled (or split paired) `rows` with the shared loop; returns the finished `Trainer`."
@@ -177,7 +203,9 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     ds, _ = tokenize_unpaired(_unpaired_rows(rows), tokenizer, max_length=kto.max_length, max_prompt_length=kto.max_prompt_length)
     ds = add_mismatched_completions(ds, seed=config.seed)                 # the mismatched pairs, fixed per row
     lam_d, lam_u = _loss_weights(kto, ds["desirable"])
-    if ref_model is None and not is_peft(model): ref_model = frozen_copy(model)
+    pre = partial(precompute_kto_reference_logps, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
+                  max_length=kto.max_length, cache=kto.ref_cache)
+    ds, ref_model = _setup_reference(model, ref_model, ds, pre if kto.precompute_ref else None)   # ref_model None: precomputed or adapters off
     batch_fn = partial(kto_batch, ref=ref_model, beta=kto.beta, desirable_weight=lam_d, undesirable_weight=lam_u)
     trainer = Trainer(model, batch_fn, ds, UnpairedCollator(tokenizer.pad_token_id, kto.max_length), config,
                       tokenizer=tokenizer, frozen=() if ref_model is None else (ref_model,),

@@ -6,14 +6,15 @@
 from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
+import datasets
 import torch
 from torch import nn
 from .core import sequence_logps, token_logps
-from .data import tokenize_sft, SFTCollator
+from .data import load_rows, tokenize_sft, unpair_preferences, SFTCollator
 from .train import TrainConfig, Trainer
 
 # %% auto #0
-__all__ = ['sft_loss', 'sft_batch', 'SFTConfig', 'sft']
+__all__ = ['sft_loss', 'sft_batch', 'SFTConfig', 'sft', 'preference_sft_rows']
 
 # %% ../nbs/10_sft.ipynb #7b18cd8b
 def sft_loss(logits: torch.Tensor, # (B, T, V) policy logits for prompt + response
@@ -39,22 +40,47 @@ class SFTConfig:
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
     loss_per: str = "sequence"            # "sequence": every response weighs the same; "token": every response token does
+    from_preferences: str | None = None   # prompt/chosen/rejected rows: "chosen" = SFT on prompt + chosen; "both" = each response a row
 
     def __post_init__(self):
         if self.loss_per not in ("sequence", "token"):
             raise ValueError(f"SFTConfig.loss_per={self.loss_per!r}: choose 'sequence' or 'token'")
+        if self.from_preferences not in (None, "chosen", "both"):
+            raise ValueError(f"SFTConfig.from_preferences={self.from_preferences!r}: choose None, 'chosen' or 'both'")
+
+def _sft_rows(rows, data: SFTConfig):
+    "SFT rows: `rows` as they are, or made from preference pairs by `data.from_preferences`; pairs without it are refused with the fix."
+    if data.from_preferences: return preference_sft_rows(rows, data.from_preferences)
+    rows = rows if isinstance(rows, (list, tuple)) else load_rows(rows)
+    cols = set(rows[0]) if isinstance(rows, (list, tuple)) and rows else set(getattr(rows, "column_names", ()))
+    if {"chosen", "rejected"} <= cols and not cols & {"completion", "messages", "text"}:
+        raise ValueError("sft: these are preference rows (prompt/chosen/rejected), not SFT rows; to train on their responses pass "
+                         "SFTConfig(from_preferences='chosen') (the preferred ones) or 'both' (each response a row); "
+                         "on the command line --from-preferences chosen|both")
+    return rows
 
 def sft(model: nn.Module, # a causal LM (peft or not)
         tokenizer, # with a pad token
-        rows, # anything `load_rows` accepts: prompt/completion or messages rows
+        rows, # anything `load_rows` accepts: prompt/completion or messages rows (prompt/chosen/rejected with `data.from_preferences`)
         config: TrainConfig | None = None,
         data: SFTConfig | None = None,
        ) -> Trainer:
     "Supervised fine-tuning of `model` on `rows` with the shared loop; returns the finished `Trainer`."
     data = data or SFTConfig()
-    ds, _ = tokenize_sft(rows, tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
+    ds, _ = tokenize_sft(_sft_rows(rows, data), tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
     per_token = data.loss_per == "token"
     trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
                       config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows")
     trainer.fit()
     return trainer
+
+# %% ../nbs/10_sft.ipynb #d20bd7c4
+def preference_sft_rows(rows, # anything `load_rows` accepts with prompt/chosen/rejected (or implicit-prompt conversations)
+                        responses: str = "chosen", # "chosen": each pair's preferred response; "both": each response a row
+                       ) -> datasets.Dataset: # prompt/completion rows for `tokenize_sft`
+    "SFT rows from preference pairs: each prompt with its chosen response (DPO's reference when no SFT model exists), or with each of its two."
+    if responses not in ("chosen", "both"):
+        raise ValueError(f"preference_sft_rows: responses={responses!r}: choose 'chosen' or 'both'")
+    ds = unpair_preferences(rows)                                           # the N chosen (label True), then the N rejected
+    keep = [i for i, label in enumerate(ds["label"]) if label or responses == "both"]
+    return ds.select(keep).remove_columns("label")
