@@ -23,6 +23,7 @@ def _common(p: argparse.ArgumentParser, lr: float = 1e-5):
     g.add_argument("--eval-dataset", help="held-out data in the same format, evaluated after training")
     g.add_argument("--eval-split", help="evaluate on this split of --dataset (or of --eval-dataset)")
     for col in _COLUMNS: g.add_argument(f"--{col}-key", help=f"the dataset's column to read as `{col}`")
+    g.add_argument("--chat-template-kwargs", type=json.loads, help='extra chat template arguments as JSON, e.g. \'{"enable_thinking": false}\'')
     g.add_argument("--chat-template", help="a Jinja chat template file for a tokenizer that has none (saved with the model)")
     g.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per sequence")
     g.add_argument("--max-prompt-length", type=int, help="a longer prompt keeps its end (default: max-length // 2)")
@@ -74,6 +75,12 @@ def _scalar(a, path: str | None = None, zero_init: bool = False):
     model = load_scalar_model(path, tokenizer=tok, zero_init=zero_init)
     return (add_lora(model, r=a.lora_r, task_type="SEQ_CLS") if a.lora_r else model), tok
 
+def _template_kwargs(a) -> dict | None:
+    "--chat-template-kwargs, checked to be a JSON object."
+    kw = getattr(a, "chat_template_kwargs", None)
+    if kw is not None and not isinstance(kw, dict): raise ValueError(f"--chat-template-kwargs must be a JSON object, got {kw!r}")
+    return kw
+
 def _template(a, tok):
     "The tokenizer, with --chat-template's file as its chat template when given."
     if getattr(a, "chat_template", None): tok.chat_template = Path(a.chat_template).read_text()
@@ -117,7 +124,7 @@ def _cmd_sft(a):
     from functools import partial
     from rlhf_nb.sft import sft, sft_batch, SFTConfig
     model, tok = _policy(a)
-    data = SFTConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per,
+    data = SFTConfig(chat_template_kwargs=_template_kwargs(a), max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per,
                      from_preferences=a.from_preferences)
     trainer = sft(model, tok, _rows(a), _train_config(a), data)
     extra = None
@@ -125,7 +132,8 @@ def _cmd_sft(a):
         from rlhf_nb.data import tokenize_sft, SFTCollator
         from rlhf_nb.sft import _sft_rows
         from rlhf_nb.train import evaluate
-        ds, _ = tokenize_sft(_sft_rows(_rows(a, a.eval_dataset), data), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
+        ds, _ = tokenize_sft(_sft_rows(_rows(a, a.eval_dataset), data), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
+                         chat_template_kwargs=_template_kwargs(a))
         extra = {f"eval/{k}": v for k, v in evaluate(_trained(trainer), partial(sft_batch, per_token=a.loss_per == "token"), ds, SFTCollator(tok.pad_token_id)).items()}
     return _finish(a, trainer, extra)
 
@@ -134,7 +142,7 @@ def _cmd_rm(a):
     "Bradley–Terry reward model on prompt/chosen/rejected rows."
     from rlhf_nb.reward import train_reward_model, evaluate_reward_model, RewardConfig
     model, tok = _scalar(a)
-    rm = RewardConfig(max_length=a.max_length, max_prompt_length=a.max_prompt_length, center_coef=a.center_coef)
+    rm = RewardConfig(chat_template_kwargs=_template_kwargs(a), max_length=a.max_length, max_prompt_length=a.max_prompt_length, center_coef=a.center_coef)
     trainer = train_reward_model(model, tok, _rows(a), _train_config(a), rm)
     extra = None
     if a.eval_dataset and _main_process():
@@ -153,7 +161,8 @@ def _eval_set(a, tok, ref_or_policy, average: bool = False):
     if not a.eval_dataset or not _main_process(): return None
     from rlhf_nb.data import tokenize_preferences
     from rlhf_nb.dpo import precompute_reference_logps
-    ds, _ = tokenize_preferences(_rows(a, a.eval_dataset), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length)
+    ds, _ = tokenize_preferences(_rows(a, a.eval_dataset), tok, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
+                         chat_template_kwargs=_template_kwargs(a))
     from rlhf_nb.train import process_state
     return precompute_reference_logps(ref_or_policy.to(process_state().device), ds, tok.pad_token_id, average=average)
 
@@ -170,7 +179,7 @@ def _cmd_dpo(a):
     "Direct preference optimisation on prompt/chosen/rejected rows."
     import rlhf_nb.dpo as D
     model, tok = _policy(a); ref = _ref(a)
-    cfg = D.DPOConfig(beta=a.beta, loss=getattr(D, _DPO_LOSSES[a.loss]), label_smoothing=a.label_smoothing,
+    cfg = D.DPOConfig(chat_template_kwargs=_template_kwargs(a), beta=a.beta, loss=getattr(D, _DPO_LOSSES[a.loss]), label_smoothing=a.label_smoothing,
                       max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                       precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     held_out = _eval_set(a, tok, ref or model)
@@ -182,7 +191,7 @@ def _cmd_ipo(a):
     "Identity preference optimisation on prompt/chosen/rejected rows."
     from rlhf_nb.ipo import ipo, IPOConfig, ipo_loss
     model, tok = _policy(a); ref = _ref(a)
-    cfg = IPOConfig(tau=a.tau, average_logps=a.average_logps, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
+    cfg = IPOConfig(chat_template_kwargs=_template_kwargs(a), tau=a.tau, average_logps=a.average_logps, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                     precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     held_out = _eval_set(a, tok, ref or model, average=a.average_logps)
     trainer = ipo(model, tok, _rows(a), _train_config(a), cfg, ref_model=ref)
@@ -192,7 +201,7 @@ def _cmd_kto(a):
     "KTO on unpaired prompt/completion/label rows (or paired rows, split in two)."
     from rlhf_nb.kto import kto, KTOConfig
     model, tok = _policy(a); ref = _ref(a)
-    cfg = KTOConfig(beta=a.beta, desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,
+    cfg = KTOConfig(chat_template_kwargs=_template_kwargs(a), beta=a.beta, desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,
                     max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                     precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     return _finish(a, kto(model, tok, _rows(a), _train_config(a), cfg, ref_model=ref))

@@ -204,7 +204,7 @@ def _methods(cfg: DemoConfig, out: Path, tok, sft_dir: Path, train_pairs: list, 
     for t in cfg.ipo_taus:
         yield "ipo", "tau", t, ipo(fresh(), tok, train_pairs, pc(f"ipo_{t}"), IPOConfig(tau=t, max_length=48, precompute_ref=True)).model
     for b in cfg.kto_betas:
-        yield "kto", "beta", b, kto(fresh(), tok, train_pairs, pc(f"kto_{b}"), KTOConfig(beta=b, max_length=48)).model
+        yield "kto", "beta", b, kto(fresh(), tok, train_pairs, pc(f"kto_{b}"), KTOConfig(beta=b, max_length=48, precompute_ref=True)).model
     prompts = [{"prompt": p} for p in ppo_prompts]                     # PPO needs prompts, not labels: every sampled one
     for c in cfg.ppo_kl_coefs:
         tc = _tc(out, f"ppo_{c}", cfg.ppo_updates, cfg.ppo_batch, cfg.ppo_lr, cfg.seed)

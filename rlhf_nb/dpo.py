@@ -315,6 +315,7 @@ class DPOConfig:
     average_logps: bool = False           # token-mean log-probs instead of sums (eq. 7 uses sums)
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
+    chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
     precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
 
@@ -346,7 +347,8 @@ def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, re
     "Tokenize preference `rows`, set up the reference, and minimise `loss_fn` with `preference_batch` in the shared loop."
     _check_loss(loss_fn, loss_kwargs)
     config = config or TrainConfig()
-    ds, _ = tokenize_preferences(rows, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    ds, _ = tokenize_preferences(rows, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                                 chat_template_kwargs=cfg.chat_template_kwargs)
     pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
     ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, **loss_kwargs)

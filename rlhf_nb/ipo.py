@@ -35,6 +35,7 @@ class IPOConfig:
     average_logps: bool = False           # False: summed log-probs (Azar et al.); True: per-token means (TRL's IPO). τ does not transfer
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
+    chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
     precompute_ref: bool = False          # reference log-probs in one pass before training (with the same reduction)
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
 

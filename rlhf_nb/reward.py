@@ -49,6 +49,7 @@ class RewardConfig:
     "How reward-model data is tokenized and the loss regularised."
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
+    chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
     center_coef: float = 0.0              # η of the centering penalty η·(r_c + r_r)²; 0.01 is a common choice
 
 def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(...)` or `tiny_llama(tok, cls=LlamaForSequenceClassification)`
@@ -56,7 +57,8 @@ def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(..
                        config: TrainConfig | None = None, rm: RewardConfig | None = None) -> Trainer:
     "Fit a Bradley–Terry reward model on preference `rows` with the shared loop; returns the finished `Trainer`."
     rm = rm or RewardConfig()
-    ds, _ = tokenize_preferences(rows, tokenizer, max_length=rm.max_length, max_prompt_length=rm.max_prompt_length)
+    ds, _ = tokenize_preferences(rows, tokenizer, max_length=rm.max_length, max_prompt_length=rm.max_prompt_length,
+                                 chat_template_kwargs=rm.chat_template_kwargs)
     fn = lambda model, batch: reward_batch(model, batch, rm.center_coef)
     trainer = Trainer(model, fn, ds, PreferenceCollator(tokenizer.pad_token_id), config or TrainConfig(), tokenizer=tokenizer)
     trainer.fit()

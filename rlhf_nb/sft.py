@@ -39,6 +39,7 @@ class SFTConfig:
     "How SFT data is tokenized, and how its tokens are weighted."
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
+    chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
     loss_per: str = "sequence"            # "sequence": every response weighs the same; "token": every response token does
     from_preferences: str | None = None   # prompt/chosen/rejected rows: "chosen" = SFT on prompt + chosen; "both" = each response a row
 
@@ -67,7 +68,8 @@ def sft(model: nn.Module, # a causal LM (peft or not)
        ) -> Trainer:
     "Supervised fine-tuning of `model` on `rows` with the shared loop; returns the finished `Trainer`."
     data = data or SFTConfig()
-    ds, _ = tokenize_sft(_sft_rows(rows, data), tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length)
+    ds, _ = tokenize_sft(_sft_rows(rows, data), tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length,
+                         chat_template_kwargs=data.chat_template_kwargs)
     per_token = data.loss_per == "token"
     trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
                       config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows")

@@ -123,3 +123,14 @@ def test_columns_splits_and_a_chat_template_file(files, tmp_path):
     (tmp_path / "t.jinja").write_text(TINY_CHAT_TEMPLATE)
     rlhf_nb(*args, "--chat-template", tmp_path / "t.jinja")
     assert AutoTokenizer.from_pretrained(tmp_path / "sft" / "final").chat_template == TINY_CHAT_TEMPLATE
+
+def test_chat_template_kwargs_reach_the_template(files, tmp_path):
+    from rlhf_nb.models import TINY_CHAT_TEMPLATE
+    (tmp_path / "strict.jinja").write_text("{% if not house_style %}{{ raise_exception('house_style missing') }}{% endif %}" + TINY_CHAT_TEMPLATE)
+    msgs = [{"messages": [{"role": "user", "content": f"Film {i}?"}, {"role": "assistant", "content": "Good."}]} for i in range(4)]
+    (tmp_path / "msgs.jsonl").write_text("".join(json.dumps(m) + "\n" for m in msgs))
+    args = ["sft", "--model", files / "tiny", "--dataset", tmp_path / "msgs.jsonl", "--chat-template", tmp_path / "strict.jinja",
+            "--max-steps", 1, "--batch-size", 2, "--max-length", 32, "--quiet"]
+    assert "house_style missing" in rlhf_nb(*args, "--output-dir", tmp_path / "a", check=False).stderr
+    rlhf_nb(*args, "--output-dir", tmp_path / "b", "--chat-template-kwargs", '{"house_style": true}')
+    assert (tmp_path / "b" / "final").exists()
