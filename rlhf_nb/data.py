@@ -295,22 +295,42 @@ def _template_kwargs(row: dict, chat_template_kwargs: dict | None) -> dict:
     "What the chat template gets besides the messages: `chat_template_kwargs`, and the row's `tools` when it has them."
     return {**(chat_template_kwargs or {}), **({"tools": row["tools"]} if row.get("tools") else {})}
 
-def _prepare(rows, tok, split_row, max_length: int, max_prompt_length, on_overflow: str, chat_template_kwargs=None, index=None):
-    "Check the arguments, read the rows and render each: (records, [(prompt text, {field: text}, chat?)], prompt budget)."
-    _check_tokenizer(tok)
-    mpl = _check_lengths(max_length, max_prompt_length, on_overflow)
-    recs = _records(rows)
-    index = range(len(recs)) if index is None else index                 # the rows' numbers in the user's data, for errors
-    return recs, [_render(tok, i, *split_row(r, i), **_template_kwargs(r, chat_template_kwargs)) for i, r in zip(index, recs)], mpl
-
 def _unended(recs: list, fields) -> list[set]:
     "Per row, the response fields flagged `<field>_ended=False`: responses a sampler cut off, which must not learn to stop."
     return [{f for f in fields if r.get(f"{f}_ended") is False} for r in recs]
 
-def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str, index=None, unended=None):
-    "Tokenize the rendered rows and fit each into `max_length`: ([(row, prompt ids, {field: ids})], DataReport)."
-    report, kept = DataReport(rows=len(rendered)), []
-    for i, (p, rs) in enumerate(_encode_rows(tok, rendered, unended)):
+def _render_encode(recs: list, index: list, tok, split_row, fields, chat_template_kwargs) -> list[tuple[list[int], dict]]:
+    "Render every row (rows numbered by `index` in errors) and tokenize it: [(prompt ids, {field: response ids})]."
+    rendered = [_render(tok, i, *split_row(r, i), **_template_kwargs(r, chat_template_kwargs)) for i, r in zip(index, recs)]
+    return _encode_rows(tok, rendered, _unended(recs, fields))
+
+def _prepare(rows, tok, split_row, fields, max_length: int, max_prompt_length, on_overflow: str, chat_template_kwargs=None,
+             index=None, num_proc: int | None = None):
+    "Check the arguments, read, render and tokenize the rows: (records, [(prompt ids, {field: ids})], prompt budget)."
+    _check_tokenizer(tok)
+    mpl = _check_lengths(max_length, max_prompt_length, on_overflow)
+    recs = _records(rows)
+    index = list(range(len(recs))) if index is None else list(index)     # the rows' numbers in the user's data, for errors
+    work = (tok, split_row, fields, chat_template_kwargs)
+    if num_proc and num_proc > 1 and len(recs) >= 2 * num_proc: return recs, _mapped(recs, index, work, num_proc), mpl
+    return recs, _render_encode(recs, index, *work), mpl
+
+def _mapped(recs: list, index: list, work: tuple, num_proc: int) -> list[tuple[list[int], dict]]:
+    "`_render_encode` over `num_proc` processes with `Dataset.map` (its fingerprint cache included), in row order."
+    fields = work[2]
+    def encode(batch, idx):
+        rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+        enc = _render_encode(rows, [index[i] for i in idx], *work)
+        return {"_p": [p for p, _ in enc], **{f"_r_{f}": [rs[f] for _, rs in enc] for f in fields}}
+    ds = datasets.Dataset.from_list(recs)
+    out = ds.map(encode, batched=True, with_indices=True, num_proc=num_proc, remove_columns=ds.column_names, desc="tokenizing")
+    cols = {f: out[f"_r_{f}"] for f in fields}
+    return [(p, {f: cols[f][j] for f in fields}) for j, p in enumerate(out["_p"])]
+
+def _fit_rows(tok, encoded: list, max_length: int, mpl: int, on_overflow: str, index=None):
+    "Fit each tokenized row into `max_length`: ([(row, prompt ids, {field: ids})], DataReport)."
+    report, kept = DataReport(rows=len(encoded)), []
+    for i, (p, rs) in enumerate(encoded):
         p2, rs2, cut_p, cut_r = _fit(p, rs, max_length, mpl, tok.bos_token_id)
         if (cut_p or cut_r) and on_overflow != "truncate":
             if on_overflow == "error": raise ValueError(_overflow_message(i if index is None else index[i], p, rs, max_length))
@@ -318,7 +338,7 @@ def _fit_rows(tok, rendered: list, max_length: int, mpl: int, on_overflow: str, 
         report.truncated_prompts += cut_p; report.truncated_responses += cut_r
         kept.append((i, p2, rs2))
     report.kept = len(kept)
-    if not kept: raise ValueError(f"all {len(rendered)} rows were dropped: none fits max_length={max_length}")
+    if not kept: raise ValueError(f"all {len(encoded)} rows were dropped: none fits max_length={max_length}")
     return kept, report
 
 # %% ../nbs/01_data.ipynb #c49843b5
@@ -399,11 +419,16 @@ def _sft_split(row: dict, i: int):
     if row.get("text") is not None and row.get("prompt") is None: return "", {"text": row["text"]}
     return _field(row, "prompt", i, "sft"), {"completion": _field(row, "completion", i, "sft")}
 
-def _single_turns(recs: list, index: list, tok, max_length: int, max_prompt_length, on_overflow: str, kw) -> tuple[dict, DataReport, int]:
+def _completion_split(row: dict, i: int):
+    "`_sft_split` with the response under one name, `completion`, whatever the row's format."
+    p, rs = _sft_split(row, i)
+    return p, {"completion": next(iter(rs.values()))}
+
+def _single_turns(recs: list, index: list, tok, max_length: int, max_prompt_length, on_overflow: str, kw, num_proc=None) -> tuple[dict, DataReport, int]:
     "{row index: tokenized row} of the rows trained on one response, their DataReport and the prompt budget."
-    _, rendered, mpl = _prepare([recs[i] for i in index], tok, _sft_split, max_length, max_prompt_length, on_overflow, kw, index)
-    rendered = [(p, {"completion": next(iter(r.values()))}, c) for p, r, c in rendered]
-    kept, report = _fit_rows(tok, rendered, max_length, mpl, on_overflow, index, _unended([recs[i] for i in index], ("completion",)))
+    _, encoded, mpl = _prepare([recs[i] for i in index], tok, _completion_split, ("completion",), max_length, max_prompt_length,
+                               on_overflow, kw, index, num_proc)
+    kept, report = _fit_rows(tok, encoded, max_length, mpl, on_overflow, index)
     return {index[j]: dict(zip(("input_ids", "labels"), _join(p, rs["completion"]))) for j, p, rs in kept}, report, mpl
 
 def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messages or text rows
@@ -413,6 +438,7 @@ def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messag
                  on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
                  chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
                  assistant_turns: str = "all", # conversations: "all" assistant turns trained, or the "last" one only
+                 num_proc: int | None = None, # render and tokenize in this many processes (`Dataset.map`)
                 ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize SFT rows into `input_ids` and `labels` (-100 where not trained), unpadded; numeric columns carried along."
     if assistant_turns not in ("all", "last"): raise ValueError(f"assistant_turns={assistant_turns!r}: use 'all' or 'last'")
@@ -420,7 +446,7 @@ def tokenize_sft(rows, # anything `load_rows` accepts: prompt/completion, messag
     recs = _records(rows)
     multi = [i for i, r in enumerate(recs) if assistant_turns == "all" and _n_assistant(r) > 1]
     single = [i for i in range(len(recs)) if i not in set(multi)]
-    out, report, _ = _single_turns(recs, single, tokenizer, max_length, max_prompt_length, on_overflow, chat_template_kwargs) \
+    out, report, _ = _single_turns(recs, single, tokenizer, max_length, max_prompt_length, on_overflow, chat_template_kwargs, num_proc) \
         if single else ({}, DataReport(), mpl)
     report.rows = len(recs)
     for i in multi:
@@ -477,13 +503,15 @@ def tokenize_preferences(rows, # anything `load_rows` accepts: prompt/chosen/rej
                          max_prompt_length: int | None = None, # a long prompt is cut to no fewer tokens; max_length // 2 when None
                          on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
                          chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
+                         num_proc: int | None = None, # render and tokenize in this many processes (`Dataset.map`)
                         ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize preference rows into chosen/rejected `input_ids` and `labels` (-100 on the prompt); numeric columns carried along."
-    recs, rendered, mpl = _prepare(rows, tokenizer, _preference_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
-    for i, (_, r, _) in enumerate(rendered):
+    recs, encoded, mpl = _prepare(rows, tokenizer, _preference_split, ("chosen", "rejected"), max_length, max_prompt_length,
+                                  on_overflow, chat_template_kwargs, num_proc=num_proc)
+    for i, (_, r) in enumerate(encoded):
         if r["chosen"] == r["rejected"]:
             raise ValueError(f"row {i}: 'chosen' and 'rejected' are identical, so the row carries no preference: remove it")
-    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow, unended=_unended(recs, ("chosen", "rejected")))
+    kept, report = _fit_rows(tokenizer, encoded, max_length, mpl, on_overflow)
     extras = _extra_columns(recs[0], {"prompt", "chosen", "rejected"})
     out = [_pair_row(p, rs) | {k: recs[i][k] for k in extras} for i, p, rs in kept]
     return _finish(out, report, "tokenize_preferences", max_length=max_length, max_prompt_length=mpl)
@@ -516,10 +544,12 @@ def tokenize_unpaired(rows, # anything `load_rows` accepts: prompt/completion/la
                       max_prompt_length: int | None = None, # a long prompt is cut to no fewer tokens; max_length // 2 when None
                       on_overflow: str = "truncate", # "truncate", "drop" or "error" for rows longer than max_length
                       chat_template_kwargs: dict | None = None, # extra arguments of the chat template, e.g. {"enable_thinking": False}
+                      num_proc: int | None = None, # render and tokenize in this many processes (`Dataset.map`)
                      ) -> tuple[datasets.Dataset, DataReport]:
     "Tokenize KTO rows into `input_ids`, `labels`, `desirable`, `prompt_input_ids` and `completion_input_ids`."
-    recs, rendered, mpl = _prepare(rows, tokenizer, _unpaired_split, max_length, max_prompt_length, on_overflow, chat_template_kwargs)
-    kept, report = _fit_rows(tokenizer, rendered, max_length, mpl, on_overflow, unended=_unended(recs, ("completion",)))
+    recs, encoded, mpl = _prepare(rows, tokenizer, _unpaired_split, ("completion",), max_length, max_prompt_length, on_overflow,
+                                  chat_template_kwargs, num_proc=num_proc)
+    kept, report = _fit_rows(tokenizer, encoded, max_length, mpl, on_overflow)
     _check_both_labels([bool(recs[i]["label"]) for i, _, _ in kept])
     extras = _extra_columns(recs[0], {"prompt", "completion", "label"})
     out = [dict(zip(("input_ids", "labels"), _join(p, rs["completion"])), desirable=bool(recs[i]["label"]),
