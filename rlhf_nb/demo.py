@@ -210,7 +210,8 @@ def _methods(cfg: DemoConfig, out: Path, tok, sft_dir: Path, train_pairs: list, 
         tc = _tc(out, f"ppo_{c}", cfg.ppo_updates, cfg.ppo_batch, cfg.ppo_lr, cfg.seed)
         rm = load_scalar_model(str(rm_dir)).eval()
         t = ppo(fresh(), tok, prompts, reward_model=rm, config=tc,
-                ppo_config=PPOConfig(max_new_tokens=cfg.max_new_tokens, kl_coef=c, ppo_epochs=4, num_minibatches=2))
+                ppo_config=PPOConfig(max_new_tokens=cfg.max_new_tokens, kl_coef=c, ppo_epochs=4, num_minibatches=2,
+                                     lam=0.95))   # the critic starts from the reward model: GAE may lean on it
         yield "ppo", "kl_coef", c, t.model.policy
 
 # %% ../nbs/21_demo.ipynb #5dd7ebec

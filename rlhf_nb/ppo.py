@@ -123,7 +123,7 @@ class PPOConfig:
     vf_clip_range: float = 0.2           # ε of the value, in reward units
     vf_coef: float = 0.1                 # c₁ in L = L^CLIP + c₁·L^VF
     gamma: float = 1.0                   # discount γ
-    lam: float = 0.95                    # GAE λ
+    lam: float = 1.0                     # GAE λ: 1 = Monte Carlo, unbiased whatever the critic knows; 0.95 once it knows something
     kl_coef: float = 0.05                # β; the initial β when kl_target is set
     kl_target: float | None = None       # KL (nats per response) held by the adaptive controller; None = fixed β
     kl_horizon: float = 10_000           # adaptive controller's horizon, in responses
