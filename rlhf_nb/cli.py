@@ -23,6 +23,7 @@ def _common(p: argparse.ArgumentParser, lr: float = 1e-5):
     g.add_argument("--eval-dataset", help="held-out data in the same format, evaluated after training")
     g.add_argument("--eval-split", help="evaluate on this split of --dataset (or of --eval-dataset)")
     for col in _COLUMNS: g.add_argument(f"--{col}-key", help=f"the dataset's column to read as `{col}`")
+    g.add_argument("--num-proc", type=int, help="render and tokenize the data in this many processes")
     g.add_argument("--chat-template-kwargs", type=json.loads, help='extra chat template arguments as JSON, e.g. \'{"enable_thinking": false}\'')
     g.add_argument("--chat-template", help="a Jinja chat template file for a tokenizer that has none (saved with the model)")
     g.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per sequence")
@@ -124,7 +125,7 @@ def _cmd_sft(a):
     from functools import partial
     from rlhf_nb.sft import sft, sft_batch, SFTConfig
     model, tok = _policy(a)
-    data = SFTConfig(chat_template_kwargs=_template_kwargs(a), max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per,
+    data = SFTConfig(chat_template_kwargs=_template_kwargs(a), num_proc=a.num_proc, max_length=a.max_length, max_prompt_length=a.max_prompt_length, loss_per=a.loss_per,
                      from_preferences=a.from_preferences)
     trainer = sft(model, tok, _rows(a), _train_config(a), data)
     extra = None
@@ -142,7 +143,7 @@ def _cmd_rm(a):
     "Bradley–Terry reward model on prompt/chosen/rejected rows."
     from rlhf_nb.reward import train_reward_model, evaluate_reward_model, RewardConfig
     model, tok = _scalar(a)
-    rm = RewardConfig(chat_template_kwargs=_template_kwargs(a), max_length=a.max_length, max_prompt_length=a.max_prompt_length, center_coef=a.center_coef)
+    rm = RewardConfig(chat_template_kwargs=_template_kwargs(a), num_proc=a.num_proc, max_length=a.max_length, max_prompt_length=a.max_prompt_length, center_coef=a.center_coef)
     trainer = train_reward_model(model, tok, _rows(a), _train_config(a), rm)
     extra = None
     if a.eval_dataset and _main_process():
@@ -179,7 +180,7 @@ def _cmd_dpo(a):
     "Direct preference optimisation on prompt/chosen/rejected rows."
     import rlhf_nb.dpo as D
     model, tok = _policy(a); ref = _ref(a)
-    cfg = D.DPOConfig(chat_template_kwargs=_template_kwargs(a), beta=a.beta, loss=getattr(D, _DPO_LOSSES[a.loss]), label_smoothing=a.label_smoothing,
+    cfg = D.DPOConfig(chat_template_kwargs=_template_kwargs(a), num_proc=a.num_proc, beta=a.beta, loss=getattr(D, _DPO_LOSSES[a.loss]), label_smoothing=a.label_smoothing,
                       max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                       precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     held_out = _eval_set(a, tok, ref or model)
@@ -191,7 +192,7 @@ def _cmd_ipo(a):
     "Identity preference optimisation on prompt/chosen/rejected rows."
     from rlhf_nb.ipo import ipo, IPOConfig, ipo_loss
     model, tok = _policy(a); ref = _ref(a)
-    cfg = IPOConfig(chat_template_kwargs=_template_kwargs(a), tau=a.tau, average_logps=a.average_logps, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
+    cfg = IPOConfig(chat_template_kwargs=_template_kwargs(a), num_proc=a.num_proc, tau=a.tau, average_logps=a.average_logps, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                     precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     held_out = _eval_set(a, tok, ref or model, average=a.average_logps)
     trainer = ipo(model, tok, _rows(a), _train_config(a), cfg, ref_model=ref)
@@ -201,7 +202,7 @@ def _cmd_kto(a):
     "KTO on unpaired prompt/completion/label rows (or paired rows, split in two)."
     from rlhf_nb.kto import kto, KTOConfig
     model, tok = _policy(a); ref = _ref(a)
-    cfg = KTOConfig(chat_template_kwargs=_template_kwargs(a), beta=a.beta, desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,
+    cfg = KTOConfig(chat_template_kwargs=_template_kwargs(a), num_proc=a.num_proc, beta=a.beta, desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,
                     max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                     precompute_ref=a.precompute_ref, ref_cache=a.ref_cache)
     return _finish(a, kto(model, tok, _rows(a), _train_config(a), cfg, ref_model=ref))

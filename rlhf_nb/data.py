@@ -312,17 +312,19 @@ def _prepare(rows, tok, split_row, fields, max_length: int, max_prompt_length, o
     recs = _records(rows)
     index = list(range(len(recs))) if index is None else list(index)     # the rows' numbers in the user's data, for errors
     work = (tok, split_row, fields, chat_template_kwargs)
-    if num_proc and num_proc > 1 and len(recs) >= 2 * num_proc: return recs, _mapped(recs, index, work, num_proc), mpl
+    if num_proc and num_proc > 1 and len(recs) >= 2 * num_proc:
+        # a Dataset is mapped as it is, so a file-backed one reuses its cache (keyed by fingerprint) on the next run
+        src = rows if isinstance(rows, datasets.Dataset) and len(rows) == len(recs) else datasets.Dataset.from_list(recs)
+        return recs, _mapped(src, index, work, num_proc), mpl
     return recs, _render_encode(recs, index, *work), mpl
 
-def _mapped(recs: list, index: list, work: tuple, num_proc: int) -> list[tuple[list[int], dict]]:
+def _mapped(ds: datasets.Dataset, index: list, work: tuple, num_proc: int) -> list[tuple[list[int], dict]]:
     "`_render_encode` over `num_proc` processes with `Dataset.map` (its fingerprint cache included), in row order."
     fields = work[2]
     def encode(batch, idx):
         rows = [dict(zip(batch, vals)) for vals in zip(*batch.values())]
         enc = _render_encode(rows, [index[i] for i in idx], *work)
         return {"_p": [p for p, _ in enc], **{f"_r_{f}": [rs[f] for _, rs in enc] for f in fields}}
-    ds = datasets.Dataset.from_list(recs)
     out = ds.map(encode, batched=True, with_indices=True, num_proc=num_proc, remove_columns=ds.column_names, desc="tokenizing")
     cols = {f: out[f"_r_{f}"] for f in fields}
     return [(p, {f: cols[f][j] for f in fields}) for j, p in enumerate(out["_p"])]

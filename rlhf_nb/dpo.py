@@ -316,6 +316,7 @@ class DPOConfig:
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
+    num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
 
@@ -348,7 +349,7 @@ def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, re
     _check_loss(loss_fn, loss_kwargs)
     config = config or TrainConfig()
     ds, _ = tokenize_preferences(rows, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                 chat_template_kwargs=cfg.chat_template_kwargs)
+                                 chat_template_kwargs=cfg.chat_template_kwargs, num_proc=cfg.num_proc)
     pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
     ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, **loss_kwargs)

@@ -36,6 +36,7 @@ class IPOConfig:
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
+    num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False          # reference log-probs in one pass before training (with the same reduction)
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
 

@@ -171,6 +171,7 @@ class KTOConfig:
     max_length: int = 512                      # prompt + completion + EOS, in tokens (the mismatched pairs too)
     max_prompt_length: int | None = None       # a longer prompt keeps its end; max_length // 2 when None
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
+    num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False               # reference log-probs of each row and its mismatched pair in one pass before training
     ref_cache: str | None = None               # with precompute_ref: a folder to load them from, or to write them to
 
@@ -202,7 +203,7 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     kto, config = kto or KTOConfig(), config or TrainConfig()
     _check_positive("kto", "beta", kto.beta)
     ds, _ = tokenize_unpaired(_unpaired_rows(rows), tokenizer, max_length=kto.max_length, max_prompt_length=kto.max_prompt_length,
-                              chat_template_kwargs=kto.chat_template_kwargs)
+                              chat_template_kwargs=kto.chat_template_kwargs, num_proc=kto.num_proc)
     ds = add_mismatched_completions(ds, seed=config.seed)                 # the mismatched pairs, fixed per row
     lam_d, lam_u = _loss_weights(kto, ds["desirable"])
     pre = partial(precompute_kto_reference_logps, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,

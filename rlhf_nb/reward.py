@@ -50,6 +50,7 @@ class RewardConfig:
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
+    num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     center_coef: float = 0.0              # η of the centering penalty η·(r_c + r_r)²; 0.01 is a common choice
 
 def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(...)` or `tiny_llama(tok, cls=LlamaForSequenceClassification)`
@@ -58,7 +59,7 @@ def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(..
     "Fit a Bradley–Terry reward model on preference `rows` with the shared loop; returns the finished `Trainer`."
     rm = rm or RewardConfig()
     ds, _ = tokenize_preferences(rows, tokenizer, max_length=rm.max_length, max_prompt_length=rm.max_prompt_length,
-                                 chat_template_kwargs=rm.chat_template_kwargs)
+                                 chat_template_kwargs=rm.chat_template_kwargs, num_proc=rm.num_proc)
     fn = lambda model, batch: reward_batch(model, batch, rm.center_coef)
     trainer = Trainer(model, fn, ds, PreferenceCollator(tokenizer.pad_token_id), config or TrainConfig(), tokenizer=tokenizer)
     trainer.fit()

@@ -40,6 +40,7 @@ class SFTConfig:
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
+    num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     loss_per: str = "sequence"            # "sequence": every response weighs the same; "token": every response token does
     from_preferences: str | None = None   # prompt/chosen/rejected rows: "chosen" = SFT on prompt + chosen; "both" = each response a row
 
@@ -69,7 +70,7 @@ def sft(model: nn.Module, # a causal LM (peft or not)
     "Supervised fine-tuning of `model` on `rows` with the shared loop; returns the finished `Trainer`."
     data = data or SFTConfig()
     ds, _ = tokenize_sft(_sft_rows(rows, data), tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length,
-                         chat_template_kwargs=data.chat_template_kwargs)
+                         chat_template_kwargs=data.chat_template_kwargs, num_proc=data.num_proc)
     per_token = data.loss_per == "token"
     trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
                       config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows")

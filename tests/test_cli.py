@@ -110,7 +110,7 @@ def test_columns_splits_and_a_chat_template_file(files, tmp_path):
     rows = [{"question": f"Film {i} was", "good": " good.", "bad": " bad."} for i in range(12)]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:8]), "test": datasets.Dataset.from_list(rows[8:])}).save_to_disk(tmp_path / "dd")
     r = rlhf_nb("dpo", "--model", files / "tiny", "--dataset", tmp_path / "dd", "--prompt-key", "question", "--chosen-key", "good",
-                "--rejected-key", "bad", "--eval-split", "test", "--output-dir", tmp_path / "dpo", "--max-steps", 2,
+                "--rejected-key", "bad", "--eval-split", "test", "--num-proc", 2, "--output-dir", tmp_path / "dpo", "--max-steps", 2,
                 "--batch-size", 4, "--max-length", 32, "--quiet")
     assert json.loads((tmp_path / "dpo" / "eval.json").read_text())["eval/rewards/accuracies"] >= 0
     bare = AutoTokenizer.from_pretrained(files / "tiny"); bare.chat_template = None; bare.save_pretrained(tmp_path / "bare")
