@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #0f744fc9
 from __future__ import annotations
-import warnings
+import re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -390,8 +390,18 @@ def _turn_spans(tok, msgs: list[dict], i: int, **kw) -> tuple[str, list[tuple[in
         spans.append((start, start + len(_turn_text(tok, upto[start:]))))
     return full, spans
 
+_GENERATION = re.compile(r"{%-?\s*generation\s*-?%}")
+
+def _generation_masked(tok, msgs: list[dict], i: int, **kw) -> tuple[list[int], list[int]]:
+    "input_ids and labels from a template that marks assistant text with `{% generation %}`: its own assistant-token mask."
+    out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kw)
+    ids, mask = list(out["input_ids"]), out["assistant_masks"]
+    if not any(mask): raise ValueError(f"row {i}, field 'messages': the template's {{% generation %}} blocks marked no token")
+    return ids, [t if m else -100 for t, m in zip(ids, mask)]
+
 def _conversation(tok, msgs: list[dict], i: int, **kw) -> tuple[list[int], list[int]]:
-    "input_ids and labels of a whole conversation with every assistant turn trained, context and turns tokenized piece by piece."
+    "input_ids and labels of a whole conversation with every assistant turn trained: the template's `{% generation %}` mask, else pieces."
+    if _GENERATION.search(tok.chat_template or ""): return _generation_masked(tok, msgs, i, **kw)
     full, spans = _turn_spans(tok, msgs, i, **kw)
     ids, labels, pos = [], [], 0
     for k, (s, e) in enumerate(spans):
