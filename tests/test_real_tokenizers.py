@@ -168,3 +168,23 @@ def test_a_string_prompt_that_holds_its_bos_gets_no_second_one():
     r = tokenize_preferences([{"prompt": rendered, "chosen": GOOD + "<|eot_id|>", "rejected": BAD + "<|eot_id|>"}], tok)[0][0]
     assert r["chosen_input_ids"].count(tok.bos_token_id) == 1
     assert tokenize_prompts([{"prompt": rendered}], tok)[0][0]["input_ids"].count(tok.bos_token_id) == 1
+
+
+TOOLS = [{"type": "function", "function": {"name": "search", "description": "Search films", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+CALL = {"role": "assistant", "content": None,
+        "tool_calls": [{"id": "call00001", "type": "function", "function": {"name": "search", "arguments": {"q": "Moonrise"}}}]}
+TOOL_CONV = [{"role": "user", "content": "Find Moonrise."}, CALL,
+             {"role": "tool", "content": "Moonrise (2012)", "name": "search", "tool_call_id": "call00001"},
+             {"role": "assistant", "content": "It is from 2012."}]
+
+@pytest.mark.parametrize("family", ["qwen2.5-instruct", "llama-3.1-instruct", "mistral-7b-instruct-v0.3"])
+def test_tool_calls_and_a_tools_column(family):
+    "The templates that know tools: the call and the answer are trained, each closed by its end token; the tool's output is context."
+    tok = load_tokenizer(str(ROOT / family))
+    r = tokenize_sft([{"messages": TOOL_CONV, "tools": TOOLS}], tok)[0][0]
+    runs = trained_runs(tok, r["input_ids"], r["labels"])
+    assert len(runs) == 2 and "Moonrise" in tok.decode(runs[0]) and tok.decode(runs[1][:-1]).strip() == "It is from 2012."
+    assert all(run[-1] in end_ids(tok) for run in runs)
+    assert "Moonrise (2012)" in tok.decode(r["input_ids"]) and "Moonrise (2012)" not in tok.decode(sum(runs, []))
+    assert "Search films" in tok.decode(r["input_ids"])           # the tools column reached the template
