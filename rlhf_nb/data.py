@@ -218,11 +218,19 @@ def _with_eos(ids: list[int], eos: int, closed: bool = False) -> list[int]:
     "`ids` ending with exactly one EOS: appended unless already there, or unless the template `closed` the turn itself."
     return ids if ids and (ids[-1] == eos or closed) else ids + [eos]
 
+def _in_context(p: list[int], alone: list[int], joint: list[int]) -> list[int]:
+    "The response's ids as the joined text tokenizes them when that keeps the prompt's ids a prefix, else as tokenized alone."
+    # SentencePiece tokenizers (Mistral's) give a text tokenized alone a leading "▁": "=" + "4" would train " 4"
+    return list(joint[len(p):]) if list(joint[:len(p)]) == list(p) and len(joint) > len(p) else list(alone)
+
 def _encode_rows(tok, rendered: list, unended: list | None = None) -> list[tuple[list[int], dict]]:
     "(prompt ids, {field: response ids ending the turn}) per rendered row; fields in `unended[j]` (cut off by a sampler) get no EOS."
     p_ids = _encode(tok, [p for p, _, _ in rendered], [_add_special(tok, p, chat) for p, _, chat in rendered])
     fields = list(rendered[0][1])
-    r_ids = {f: tok([r[f] for _, r, _ in rendered], add_special_tokens=False)["input_ids"] for f in fields}
+    flags = [_add_special(tok, p, chat) for p, _, chat in rendered]
+    r_ids = {f: [_in_context(p_ids[j], alone, joint) for j, (alone, joint) in enumerate(zip(
+                 tok([r[f] for _, r, _ in rendered], add_special_tokens=False)["input_ids"],
+                 _encode(tok, [p + r[f] for p, r, _ in rendered], flags)))] for f in fields}
     closed = lambda j, f: (rendered[j][2] and _special_end(tok, rendered[j][1][f]) is not None) or (unended and f in unended[j])
     return [(p, {f: _with_eos(list(r_ids[f][j]), tok.eos_token_id, closed(j, f)) for f in fields}) for j, p in enumerate(p_ids)]
 

@@ -201,14 +201,14 @@ def test_llama_prompt_already_rendered_gets_one_bos_and_a_doubled_one_fails(tmp_
     status, _, err = run("--model", real_dir("llama-3.1-instruct"), "--dataset", jsonl(tmp_path / "d.jsonl", doubled))
     assert status == 1 and "'<|begin_of_text|>' appears more than once in row 0" in err, err
 
-def test_mistral_response_gains_a_space(tmp_path):
-    "Mistral's SentencePiece prepends '▁' to a response tokenized alone: '2+2=' + '4' trains ' 4'."
+def test_mistral_response_in_context(tmp_path):
+    """Mistral's SentencePiece prepends '▁' to a text tokenized alone: the response is taken as the joined text tokenizes it
+    when the prompt's ids stay a prefix ('2+2=' + '4' trains '4'); after a prompt that ends with a space it cannot be, and is flagged."""
     tok = real_tok("mistral-7b-instruct-v0.3")
-    rows = [{"prompt": "Q: 2+2=", "completion": "4"}, {"prompt": "Film 0 was", "completion": " good."}]
+    rows = [{"prompt": "Q: 2+2=", "completion": "4"}, {"prompt": "Film 0 was", "completion": " good."}, {"prompt": "Say hi: ", "completion": "hello"}]
     insp = inspect_data(rows, tok)
-    assert insp.retok.text_differs == [0] and insp.retok.checked == 2
-    assert "'▁', '4'" in insp.retok.example and not insp.ok
-    assert "".join(p for p, r in zip(insp.shown[0].pieces, insp.shown[0].roles) if r == "trained") == " 4</s>"
+    assert insp.retok.text_differs == [2] and insp.retok.checked == 3 and not insp.ok
+    assert "".join(p for p, r in zip(insp.shown[0].pieces, insp.shown[0].roles) if r == "trained") == "4</s>"
 
 def test_gemma_stops_on_end_of_turn(tmp_path):
     "Gemma's turns end on <end_of_turn>; whether <eos> is trained too, every row trains a stop token."

@@ -188,3 +188,11 @@ def test_tool_calls_and_a_tools_column(family):
     assert all(run[-1] in end_ids(tok) for run in runs)
     assert "Moonrise (2012)" in tok.decode(r["input_ids"]) and "Moonrise (2012)" not in tok.decode(sum(runs, []))
     assert "Search films" in tok.decode(r["input_ids"])           # the tools column reached the template
+
+def test_sentencepiece_response_keeps_its_spacing():
+    "Mistral's tokenizer gives a text tokenized alone a leading '▁'; a response is tokenized in the prompt's context instead."
+    tok = load_tokenizer(str(ROOT / "mistral-7b-instruct-v0.3"))
+    r = tokenize_sft([{"prompt": "Q: 2+2=", "completion": "4"}], tok)[0][0]
+    assert tok.decode(r["input_ids"]).endswith("2+2=4</s>")
+    n = next(i for i, l in enumerate(r["labels"]) if l != -100)
+    assert r["input_ids"][:n] == tok("Q: 2+2=")["input_ids"]              # the prompt's ids are what generation sees
