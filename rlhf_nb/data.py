@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 import datasets
+import pyarrow as pa
 
 # %% auto #0
 __all__ = ['load_rows', 'DataReport', 'tokenize_sft', 'tokenize_preferences', 'unpair_preferences', 'tokenize_unpaired',
@@ -538,11 +539,12 @@ def tokenize_preferences(rows, # anything `load_rows` accepts: prompt/chosen/rej
 
 # %% ../nbs/01_data.ipynb #96151318
 def unpair_preferences(rows, # anything `load_rows` accepts with prompt/chosen/rejected (or implicit-prompt conversations)
-                      ) -> datasets.Dataset:
+                      ) -> datasets.Dataset | list[dict]: # a list when the rows mix strings and messages (Arrow holds one type per column)
     "Prompt/chosen/rejected rows → 2N prompt/completion/label rows: the N chosen (label True), then the N rejected (False)."
     split = [_preference_split(r, i) for i, r in enumerate(_records(rows))]
-    return datasets.Dataset.from_list([{"prompt": p, "completion": rs[f], "label": f == "chosen"}
-                                       for f in ("chosen", "rejected") for p, rs in split])
+    out = [{"prompt": p, "completion": rs[f], "label": f == "chosen"} for f in ("chosen", "rejected") for p, rs in split]
+    try: return datasets.Dataset.from_list(out)
+    except (pa.ArrowTypeError, pa.ArrowInvalid): return out
 
 # %% ../nbs/01_data.ipynb #b769572f
 def _unpaired_split(row: dict, i: int):

@@ -100,10 +100,11 @@ def tiny(tok, cls=LlamaForCausalLM):
 
 
 def test_one_step_of_each_trainer(tok, tmp_path):
+    "One step of SFT, RM, DPO and KTO on rows of every format at once (a list may mix them), with this tokenizer."
     chat = tok.chat_template is not None
-    pairs = FORMATS["pref_mixed" if chat else "pref_implicit_strings"][1] * 2
-    sft_rows = FORMATS["sft_messages" if chat else "sft_strings"][1] * 2
-    c = lambda name: TrainConfig(output_dir=str(tmp_path / name), max_steps=1, batch_size=2, progress=False, save_final=False)
+    usable = lambda kind: [r for k, (kd, rows) in FORMATS.items() if kd == kind and (chat or k not in CHAT) for r in rows]
+    sft_rows, pairs = usable("sft") + ([{"messages": CONV}] if chat else []), usable("pref")
+    c = lambda name: TrainConfig(output_dir=str(tmp_path / name), max_steps=1, batch_size=len(pairs), progress=False, save_final=False)
     for t in (sft(tiny(tok), tok, sft_rows, c("sft")), train_reward_model(tiny(tok, LlamaForSequenceClassification), tok, pairs, c("rm")),
               dpo(tiny(tok), tok, pairs, c("dpo"), DPOConfig(max_length=128)), kto(tiny(tok), tok, pairs, c("kto"), KTOConfig(max_length=128))):
         assert t.step == 1 and torch.isfinite(torch.tensor(t.history[0]["loss"]))
