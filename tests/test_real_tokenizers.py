@@ -145,9 +145,6 @@ def test_a_template_that_drops_a_message_is_refused():
 
 def test_every_command_on_the_real_tokenizer(tok, tmp_path):
     "sft, rm, dpo and kto through the command line's code, each on another data format, with this tokenizer."
-    # three families cover the three ways a turn ends (EOS in the template, <end_of_turn>, no template); the Python API
-    # test above runs every trainer on all six, and this one costs a few seconds per command
-    if Path(tok.name_or_path).name not in ("qwen2.5-instruct", "gemma-2-it", "gpt2"): pytest.skip("covered by the API test")
     import json
     from rlhf_nb.cli import main
     tok.save_pretrained(tmp_path / "m"); tiny(tok).save_pretrained(tmp_path / "m")
