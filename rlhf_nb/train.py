@@ -370,7 +370,7 @@ def evaluate(model: nn.Module, batch_fn: Callable, dataset, collate_fn: Callable
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
         batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, metrics = batch_fn(model, batch)
-        b = len(next(v for v in batch.values() if torch.is_tensor(v)))
+        b = _rows(batch)
         for k, v in {"loss": loss, **metrics}.items(): totals[k] = totals.get(k, 0.) + float(v) * b
         n += b
     model.train(was_training)
