@@ -22,9 +22,9 @@ from .data import tokenize_preferences, PreferenceCollator
 from .train import TrainConfig, Trainer, evaluate, process_state
 
 # %% auto #0
-__all__ = ['dpo_loss', 'robust_dpo_loss', 'hinge_loss', 'preference_metrics', 'concatenated_logps', 'reference_logps',
-           'data_fingerprint', 'model_fingerprint', 'precompute_reference_logps', 'preference_batch',
-           'evaluate_preferences', 'DPOConfig', 'dpo']
+__all__ = ['DPO_LOSSES', 'dpo_loss', 'robust_dpo_loss', 'hinge_loss', 'preference_metrics', 'concatenated_logps',
+           'reference_logps', 'data_fingerprint', 'model_fingerprint', 'precompute_reference_logps', 'preference_batch',
+           'evaluate_preferences', 'get_loss', 'DPOConfig', 'dpo']
 
 # %% ../nbs/14_dpo.ipynb #a23d0a52
 def _check_logps(fn: str, **tensors: torch.Tensor):
@@ -305,11 +305,24 @@ def evaluate_preferences(model: nn.Module, # the policy
     return evaluate(model, fn, dataset, PreferenceCollator(pad_token_id), batch_size=batch_size)
 
 # %% ../nbs/14_dpo.ipynb #a5c08956
+DPO_LOSSES = {"sigmoid": dpo_loss, "robust": robust_dpo_loss, "hinge": hinge_loss}   # the losses a config names
+
+def get_loss(loss: str | Callable, # a name in `DPO_LOSSES`, "module:function", or the function itself
+             registry: dict | None = None, # names to look up (default `DPO_LOSSES`)
+            ) -> Callable:
+    "The loss function a config names: a registered name, an importable `module:function`, or a callable as it is."
+    from rlhf_nb.config import import_object
+    registry = DPO_LOSSES if registry is None else registry
+    if callable(loss): return loss
+    if loss in registry: return registry[loss]
+    if isinstance(loss, str) and ":" in loss: return import_object(loss, what="loss")
+    raise ValueError(f"loss={loss!r}: choose one of {sorted(registry)}, a 'module:function', or pass the function itself")
+
 @dataclass
 class DPOConfig:
     "What DPO minimises, and how its data and its reference are prepared."
     beta: float = 0.1                     # β of eq. 7: the KL strength
-    loss: Callable = dpo_loss             # dpo_loss, robust_dpo_loss, hinge_loss, or any function with their signature
+    loss: str | Callable = "sigmoid"      # a name in `DPO_LOSSES` ("sigmoid", "robust", "hinge"), or any function with their signature
     label_smoothing: float | None = None  # ε for dpo_loss (cDPO) / robust_dpo_loss; None = the loss's default
     loss_kwargs: dict = field(default_factory=dict)  # any further keyword arguments of `loss`
     average_logps: bool = False           # token-mean log-probs instead of sums (eq. 7 uses sums)
@@ -319,6 +332,9 @@ class DPOConfig:
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
+
+    def __post_init__(self): get_loss(self.loss)                         # an unknown name fails here, not after loading a model
+
 
 # %% ../nbs/14_dpo.ipynb #9602ce98
 def _check_loss(loss_fn: Callable, kwargs: dict):
@@ -368,4 +384,4 @@ def dpo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     "DPO (or the variant in `dpo.loss`) of `model` on preference `rows` with the shared loop; returns the finished `Trainer`."
     dpo = dpo or DPOConfig()
     kwargs = {"beta": dpo.beta, **({} if dpo.label_smoothing is None else {"label_smoothing": dpo.label_smoothing}), **dpo.loss_kwargs}
-    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, dpo.loss, **kwargs)
+    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, get_loss(dpo.loss), **kwargs)
