@@ -4,12 +4,16 @@
 
 # %% ../nbs/04_config.ipynb #0f12f031
 from __future__ import annotations
-import dataclasses, importlib, importlib.util
+import argparse, collections.abc, dataclasses, difflib, importlib, importlib.util, json, re, types, typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+import yaml
+from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['import_object', 'config_dict']
+__all__ = ['COLUMNS', 'import_object', 'config_dict', 'DataConfig', 'ConfigError', 'load_data', 'config_fields',
+           'add_config_args', 'load_config_file', 'resolve_configs', 'to_yaml']
 
 # %% ../nbs/04_config.ipynb #667a19e9
 def import_object(spec: str, # "module:attribute" or "path/to/file.py:attribute"
@@ -50,3 +54,228 @@ def config_dict(cfg) -> dict:
     "A config dataclass as JSON-able data: nested configs as dicts, functions by registered name or `module:qualname`."
     names = _registered_names()
     return {f.name: _plain(getattr(cfg, f.name), names) for f in dataclasses.fields(cfg)}
+
+# %% ../nbs/04_config.ipynb #9c79288e
+COLUMNS = ("prompt", "chosen", "rejected", "completion", "label", "messages", "text")   # the columns rlhf_nb reads
+
+@dataclass
+class DataConfig:
+    "Where a run's rows come from: the training data, the held-out data, and the columns that hold each field."
+    dataset: str | None = None         # hub id, `save_to_disk` folder, or .jsonl/.json/.parquet file
+    split: str = "train"               # the split to train on (hub datasets and DatasetDict folders)
+    dataset_config: str | None = None  # the hub dataset's configuration (subset); eval_dataset's too
+    eval_dataset: str | None = None    # held-out rows in the same format, evaluated during and after training
+    eval_split: str | None = None      # held-out split: of eval_dataset, or of dataset when eval_dataset is None
+    prompt_key: str | None = None      # the data's column to read as `prompt`
+    chosen_key: str | None = None      # the data's column to read as `chosen`
+    rejected_key: str | None = None    # the data's column to read as `rejected`
+    completion_key: str | None = None  # the data's column to read as `completion`
+    label_key: str | None = None       # the data's column to read as `label` (KTO)
+    messages_key: str | None = None    # the data's column to read as `messages`
+    text_key: str | None = None        # the data's column to read as `text`
+
+# %% ../nbs/04_config.ipynb #89271223
+class ConfigError(ValueError):
+    "A setting that cannot be used: an unknown key, a wrong type, a value out of range. The message names the key and where it was set."
+
+def load_data(data: DataConfig) -> tuple: # (training rows, held-out rows or None), as `datasets.Dataset`s
+    "The training rows and the held-out rows a `DataConfig` names, with their columns under rlhf_nb's names."
+    from rlhf_nb.data import load_rows
+    if data.dataset is None: raise ConfigError("DataConfig.dataset is None: name the training data (--dataset, or dataset: in the YAML file)")
+    columns = {getattr(data, f"{c}_key"): c for c in COLUMNS if getattr(data, f"{c}_key")}
+    load = lambda source, split: load_rows(source, split=split, config=data.dataset_config, columns=columns)
+    held = data.eval_dataset or (data.dataset if data.eval_split else None)
+    return load(data.dataset, data.split), (None if held is None else load(held, data.eval_split or data.split))
+
+# %% ../nbs/04_config.ipynb #740acd74
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING: return f.default
+    if f.default_factory is not dataclasses.MISSING: return f.default_factory()
+    return dataclasses.MISSING
+
+def config_fields(cls) -> dict: # name -> (type hint, default, help)
+    "The fields of a config dataclass: each one's type (from the annotations), default and help (the comment beside it)."
+    hints, docs = typing.get_type_hints(cls), docments(cls)
+    return {f.name: (hints[f.name], _default(f), docs.get(f.name) or "") for f in dataclasses.fields(cls)}
+
+# %% ../nbs/04_config.ipynb #9c37d802
+def _kind(hint) -> tuple[str, bool, object]: # (kind, None allowed, list item type)
+    "The kind of a field's type: bool, int, float, str, name (str | Callable), list or dict; and whether None is allowed."
+    args, origin = typing.get_args(hint), typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        rest = tuple(a for a in args if a is not type(None))
+        if len(rest) < len(args): return _kind(rest[0] if len(rest) == 1 else typing.Union[rest])[:1] + (True,) + _kind(rest[0])[2:]
+        if str in rest and all(a is str or a is Callable or typing.get_origin(a) is collections.abc.Callable for a in rest): return "name", False, None
+    if hint in (bool, int, float, str): return hint.__name__, False, None
+    if hint is list or origin is list: return "list", False, (args[0] if args else str)
+    if hint is dict or origin is dict: return "dict", False, None
+    if hint is Callable or origin is collections.abc.Callable: return "name", False, None
+    raise TypeError(f"no YAML or command-line form for the type {hint}; use bool, int, float, str, list, dict or str | Callable")
+
+# %% ../nbs/04_config.ipynb #b824cd1f
+def _json_object(s: str) -> dict:
+    try: v = json.loads(s)
+    except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {s!r}; write an object such as '{{\"enable_thinking\": false}}'")
+    if not isinstance(v, dict): raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {s!r}")
+    return v
+
+def _or_none(fn: Callable) -> Callable:
+    "`fn`, with `none` or `null` read as None."
+    def parse(s: str): return None if s.lower() in ("none", "null") else fn(s)
+    parse.__name__ = fn.__name__                                           # argparse names it: "invalid int value"
+    return parse
+
+_FLAG_TYPES = {"int": int, "float": float, "str": str, "name": str, "dict": _json_object}
+
+def _shown(default) -> str:
+    return "" if default is None or default is dataclasses.MISSING or default in ({}, []) else f" (default: {default})"
+
+# %% ../nbs/04_config.ipynb #2177eaa5
+def _add_bool(g, name: str, flag: str, help: str):
+    g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
+    if f"--{name}" != flag:                                                # --a_b and --no_a_b, not shown in the help
+        for opt, v in ((f"--{name}", True), (f"--no_{name}", False)):
+            g.add_argument(opt, dest=name, action="store_const", const=v, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+def _add_option(g, name: str, hint, help: str):
+    "One field's option: `--a-b` (shown) and `--a_b` (hidden), parsed by its kind."
+    kind, optional, item = _kind(hint)
+    flag = f"--{name.replace('_', '-')}"
+    if kind == "bool": return _add_bool(g, name, flag, help)
+    kw = dict(dest=name, default=argparse.SUPPRESS, metavar=name.upper())
+    if kind == "list": kw.update(nargs="+", type=_FLAG_TYPES[_kind(item)[0]])
+    else: kw["type"] = _or_none(_FLAG_TYPES[kind]) if optional and kind not in ("str", "name") else _FLAG_TYPES[kind]
+    g.add_argument(flag, help=help, **kw)
+    if f"--{name}" != flag: g.add_argument(f"--{name}", help=argparse.SUPPRESS, **kw)
+
+def add_config_args(parser: argparse.ArgumentParser, # or a sub-command's parser
+                    cls, # a config dataclass
+                    group_title: str | None = None, # the help section (default: the class name)
+                    defaults: dict | None = None, # field -> the default this command uses, shown in the help
+                   ):
+    "Add one option per field of `cls` to `parser`: `--a-b` / `--a_b`, typed by the annotation, its help the field's comment."
+    doc = cls.__dict__.get("__doc__") or ""
+    g = parser.add_argument_group(group_title or cls.__name__, None if doc.startswith(f"{cls.__name__}(") else doc)
+    for name, (hint, default, help) in config_fields(cls).items():
+        _add_option(g, name, hint, (help + _shown((defaults or {}).get(name, default))).replace("%", "%%"))
+    return g
+
+# %% ../nbs/04_config.ipynb #424a5c29
+_SCI = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")     # 5e-6, 1.0e5: numbers to people, strings to YAML 1.1
+
+class _Loader(yaml.SafeLoader):
+    "PyYAML's safe loader, reading 5e-6 as a number and refusing a key given twice."
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        for i, k in enumerate(keys):
+            if k in keys[:i]: raise yaml.constructor.ConstructorError(None, None, f"the key {k!r} appears twice", node.value[i][0].start_mark)
+        return super().construct_mapping(node, deep)
+
+class _Dumper(yaml.SafeDumper):
+    "PyYAML's safe dumper, quoting a string such as '5e-6' that `_Loader` would read as a number."
+
+for _c in (_Loader, _Dumper): _c.add_implicit_resolver("tag:yaml.org,2002:float", _SCI, list("-+0123456789"))
+
+# %% ../nbs/04_config.ipynb #812e85e7
+def load_config_file(path: str | Path, # a YAML file holding one flat mapping of settings
+                    ) -> dict: # field name -> value, as the file wrote it
+    "The settings in a YAML config file: one flat mapping of field names (`a-b` read as `a_b`) to values; {} when empty."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"--config {path}: no such file")
+    try: data = yaml.load(p.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None: return {}
+    if not isinstance(data, dict): raise ConfigError(f"{path}: expected a mapping of settings (`key: value` lines), got a {type(data).__name__}")
+    out = {}
+    for k, v in data.items():
+        if not isinstance(k, str): raise ConfigError(f"{path}: the key {k!r} is not a name; keys are setting names such as lr")
+        if k.replace("-", "_") in out: raise ConfigError(f"{path}: {k!r} and {k.replace('-', '_')!r} are one setting; keep one")
+        out[k.replace("-", "_")] = v
+    return out
+
+# %% ../nbs/04_config.ipynb #3d2a11e2
+_TYPES = {"bool": bool, "int": int, "float": (int, float), "str": str, "name": str, "list": (list, tuple), "dict": dict}
+_WANTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "dict": "a mapping",
+           "name": "a name (a string such as sigmoid or module:function)"}
+
+def _wanted(hint) -> str:
+    kind, optional, item = _kind(hint)
+    what = f"a list of {_WANTED[_kind(item)[0]].split(' ', 1)[1]}s" if kind == "list" else _WANTED[kind]
+    return what + (" or null" if optional else "")
+
+def _is(v, kind: str) -> bool: return isinstance(v, _TYPES[kind]) and not (isinstance(v, bool) and kind in ("int", "float"))
+
+def _typed(value, hint):
+    "`value` as the field takes it (an int for a float field becomes that float); TypeError when it has the wrong type."
+    kind, optional, item = _kind(hint)
+    if value is None and optional: return None
+    if kind == "name" and callable(value): return value
+    if kind == "list" and _is(value, "list") and all(_is(v, _kind(item)[0]) for v in value): return list(value)
+    if kind != "list" and _is(value, kind): return float(value) if kind == "float" else value
+    raise TypeError(f"expected {_wanted(hint)}, got {value!r}")
+
+# %% ../nbs/04_config.ipynb #04832452
+def _owners(classes) -> dict:
+    "field name -> its class, refusing a name that two classes share (it could not be one flag and one key)."
+    owner = {}
+    for cls in classes:
+        for name in config_fields(cls):
+            if name in owner: raise ConfigError(f"{owner[name].__name__}.{name} and {cls.__name__}.{name}: two settings of one command "
+                                                "share a name, so one flag or YAML key cannot tell them apart; rename one")
+            owner[name] = cls
+    return owner
+
+def _where(key: str, source: str) -> str:
+    return f"--{key.replace('_', '-')}" if source == "flag" else f"the default {key}" if source == "default" else f"{source}: {key}"
+
+def _check_known(values: dict, owner: dict, source: str, classes):
+    "Refuse keys no class has, with the nearest names."
+    bad = []
+    for k, v in values.items():
+        if k in owner: continue
+        close = difflib.get_close_matches(k, list(owner), n=3)
+        bad.append(repr(k) + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "") +
+                   (" (settings are one flat mapping, not sections)" if isinstance(v, dict) else ""))
+    if bad: raise ConfigError(f"{source if source not in ('flag', 'default') else 'the ' + source + 's'}: unknown key{'s' * (len(bad) > 1)} "
+                              f"{', '.join(bad)}; the keys are the fields of {', '.join(c.__name__ for c in classes)}")
+
+# %% ../nbs/04_config.ipynb #5116be10
+def _build(cls, values: dict, origin: dict):
+    "`cls(**values)` for its fields; a `__post_init__` error gains where each setting it names was set."
+    mine = {k: v for k, v in values.items() if k in config_fields(cls)}
+    try: return cls(**mine)
+    except (ValueError, TypeError) as e:
+        named = [k for k in mine if re.search(rf"\b{k}\b", str(e))] or list(mine)
+        raise ConfigError(f"{e} (set by {', '.join(_where(k, origin[k]) for k in named) or 'the defaults'})") from e
+
+def resolve_configs(classes, # the config dataclasses of one command, e.g. [DataConfig, ModelConfig, TrainConfig, DPOConfig]
+                    file_values: dict | None, # from `load_config_file`
+                    flag_values: dict | None, # the options given on the command line (a namespace's vars, defaults suppressed)
+                    file: str | Path | None = None, # the file's name, for the error messages
+                    defaults: dict | None = None, # this command's own defaults, below the file
+                   ) -> dict: # class name -> instance
+    "One instance of each class from its defaults < `defaults` < `file_values` < `flag_values`, each value checked on the way."
+    owner, values, origin = _owners(classes), {}, {}
+    for source, layer in (("default", defaults), (str(file or "the config file"), file_values), ("flag", flag_values)):
+        layer = layer or {}
+        _check_known(layer, owner, source, classes)
+        for k, v in layer.items():
+            try: values[k], origin[k] = _typed(v, config_fields(owner[k])[0]), source
+            except TypeError as e: raise ConfigError(f"{_where(k, source)}: {e}") from None
+    return {cls.__name__: _build(cls, values, origin) for cls in classes}
+
+# %% ../nbs/04_config.ipynb #bedfaf9f
+def _yaml_line(key: str, value, help: str) -> str:
+    text = yaml.dump({key: value}, Dumper=_Dumper, default_flow_style=None, sort_keys=False, allow_unicode=True, width=10**6).rstrip("\n")
+    if not help: return text
+    return f"{text}  # {help}" if "\n" not in text else f"# {help}\n{text}"
+
+def to_yaml(configs, # class name -> instance (as `resolve_configs` returns), or a list of config instances
+           ) -> str:
+    "The configs as one flat YAML mapping that `load_config_file` reads back: a comment line per class, each key with its help."
+    out = []
+    for cfg in (configs.values() if isinstance(configs, dict) else configs):
+        doc, fields = type(cfg).__dict__.get("__doc__") or "", config_fields(type(cfg))
+        out.append(f"# {type(cfg).__name__}" + (f": {doc}" if doc and not doc.startswith(type(cfg).__name__ + "(") else ""))
+        out += [_yaml_line(k, v, fields[k][2]) for k, v in config_dict(cfg).items()]
+    return "\n".join(out) + "\n"

@@ -5,7 +5,7 @@
 # %% ../nbs/14_dpo.ipynb #4e549ac8
 from __future__ import annotations
 import hashlib, json, os, shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -360,17 +360,22 @@ def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg):
     "`precompute_reference_logps` with a config's reduction and cache."
     return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
 
-def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable, **loss_kwargs) -> Trainer:
-    "Tokenize preference `rows`, set up the reference, and minimise `loss_fn` with `preference_batch` in the shared loop."
+def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
+                     eval_rows=None, callbacks=(), objective: str = "dpo", **loss_kwargs) -> Trainer:
+    "Tokenize preference `rows` (and `eval_rows`), set up the reference, and minimise `loss_fn` with `preference_batch` in the shared loop."
     _check_loss(loss_fn, loss_kwargs)
     config = config or TrainConfig()
-    ds, _ = tokenize_preferences(rows, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                 chat_template_kwargs=cfg.chat_template_kwargs, num_proc=cfg.num_proc)
+    tok = lambda r: tokenize_preferences(r, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                                         chat_template_kwargs=cfg.chat_template_kwargs, num_proc=cfg.num_proc)
+    (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
     pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
+    if eval_ds is not None and cfg.precompute_ref:                           # the held-out pairs' reference, before training too
+        eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
     ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, **loss_kwargs)
     trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
-                      frozen=() if ref is None else (ref,))
+                      frozen=() if ref is None else (ref,), eval_dataset=eval_ds, callbacks=callbacks,
+                      record=dict(objective=objective, objective_config=cfg, data_report=report))
     trainer.fit()
     return trainer
 
@@ -380,8 +385,10 @@ def dpo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         config: TrainConfig | None = None, # how to optimise
         dpo: DPOConfig | None = None, # β, the loss, the data lengths, the reference mode
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
+        eval_rows=None, # held-out pairs: loss and implicit-reward metrics every `config.eval_every` steps and at the end
+        callbacks: list | tuple = (), # see `Trainer`
        ) -> Trainer:
     "DPO (or the variant in `dpo.loss`) of `model` on preference `rows` with the shared loop; returns the finished `Trainer`."
     dpo = dpo or DPOConfig()
     kwargs = {"beta": dpo.beta, **({} if dpo.label_smoothing is None else {"label_smoothing": dpo.label_smoothing}), **dpo.loss_kwargs}
-    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, get_loss(dpo.loss), **kwargs)
+    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, get_loss(dpo.loss), eval_rows, callbacks, "dpo", **kwargs)

@@ -47,7 +47,9 @@ def ipo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         config: TrainConfig | None = None, # how to optimise
         ipo: IPOConfig | None = None, # τ, the reduction, the data lengths, the reference mode
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
+        eval_rows=None, # held-out pairs: loss and implicit-reward metrics every `config.eval_every` steps and at the end
+        callbacks: list | tuple = (), # see `Trainer`
        ) -> Trainer:
     "IPO of `model` on preference `rows` with the shared loop (DPO's batch function with `ipo_loss`); returns the finished `Trainer`."
     ipo = ipo or IPOConfig()
-    return _fit_preferences(model, tokenizer, rows, config, ipo, ref_model, ipo_loss, tau=ipo.tau)
+    return _fit_preferences(model, tokenizer, rows, config, ipo, ref_model, ipo_loss, eval_rows, callbacks, "ipo", tau=ipo.tau)

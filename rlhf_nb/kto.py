@@ -198,20 +198,27 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         config: TrainConfig | None = None, # how to optimise
         kto: KTOConfig | None = None, # β, the loss weights, the data lengths, the reference mode
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
+        eval_rows=None, # held-out rows in the same format: KTO's loss and metrics every `config.eval_every` steps and at the end
+        callbacks: list | tuple = (), # see `Trainer`
        ) -> Trainer:
     "KTO of `model` on labelled (or split paired) `rows` with the shared loop; returns the finished `Trainer`."
     kto, config = kto or KTOConfig(), config or TrainConfig()
     _check_positive("kto", "beta", kto.beta)
-    ds, _ = tokenize_unpaired(_unpaired_rows(rows), tokenizer, max_length=kto.max_length, max_prompt_length=kto.max_prompt_length,
-                              chat_template_kwargs=kto.chat_template_kwargs, num_proc=kto.num_proc)
-    ds = add_mismatched_completions(ds, seed=config.seed)                 # the mismatched pairs, fixed per row
+    def tok(r):
+        ds, report = tokenize_unpaired(_unpaired_rows(r), tokenizer, max_length=kto.max_length, max_prompt_length=kto.max_prompt_length,
+                                       chat_template_kwargs=kto.chat_template_kwargs, num_proc=kto.num_proc)
+        return add_mismatched_completions(ds, seed=config.seed), report      # the mismatched pairs, fixed per row
+    (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
     lam_d, lam_u = _loss_weights(kto, ds["desirable"])
     pre = partial(precompute_kto_reference_logps, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
                   max_length=kto.max_length, cache=kto.ref_cache)
+    if eval_ds is not None and kto.precompute_ref:                        # the held-out rows' reference, before training too
+        eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cache=None))
     ds, ref_model = _setup_reference(model, ref_model, ds, pre if kto.precompute_ref else None)   # ref_model None: precomputed or adapters off
     batch_fn = partial(kto_batch, ref=ref_model, beta=kto.beta, desirable_weight=lam_d, undesirable_weight=lam_u)
     trainer = Trainer(model, batch_fn, ds, UnpairedCollator(tokenizer.pad_token_id, kto.max_length), config,
                       tokenizer=tokenizer, frozen=() if ref_model is None else (ref_model,),
-                      prepare_step=partial(kto_prepare, ref=ref_model))
+                      prepare_step=partial(kto_prepare, ref=ref_model), eval_dataset=eval_ds, callbacks=callbacks,
+                      record=dict(objective="kto", objective_config=kto, data_report=report))
     trainer.fit()
     return trainer

@@ -4,17 +4,21 @@
 
 # %% ../nbs/02_models.ipynb #ecd1ae40
 from __future__ import annotations
-import copy, contextlib, time
+import copy, contextlib, importlib.metadata, time
+from dataclasses import dataclass
+from pathlib import Path
 import torch
 from torch import nn
+from accelerate import PartialState
+from packaging.version import Version
 from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, decoders, trainers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TINY_CHAT_TEMPLATE', 'tiny_tokenizer', 'tiny_llama', 'ensure_pad_token', 'load_tokenizer',
-           'load_causal_lm', 'add_lora', 'is_peft', 'frozen_copy', 'reference_model', 'disable_dropout',
-           'load_scalar_model', 'score_head', 'token_scores', 'last_token_index', 'scalar_scores']
+__all__ = ['SPECIAL_TOKENS', 'TINY_CHAT_TEMPLATE', 'DTYPES', 'tiny_tokenizer', 'tiny_llama', 'ensure_pad_token', 'load_tokenizer',
+           'as_dtype', 'load_causal_lm', 'add_lora', 'is_peft', 'frozen_copy', 'reference_model', 'disable_dropout',
+           'load_scalar_model', 'score_head', 'token_scores', 'last_token_index', 'scalar_scores', 'ModelConfig']
 
 # %% ../nbs/02_models.ipynb #f49ffaa9
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -84,35 +88,76 @@ def load_tokenizer(name_or_path: str, # hub id or local folder
     ensure_pad_token(tok)
     return tok
 
-def _merged_adapter(path: str, dtype, **kwargs) -> nn.Module | None:
-    "The base model with the LoRA adapter of the folder `path` merged in, or None when `path` is no adapter folder."
-    from pathlib import Path
-    if not (Path(path) / "adapter_config.json").exists(): return None
-    from peft import AutoPeftModelForCausalLM
-    return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs).merge_and_unload().requires_grad_(True)
+# %% ../nbs/02_models.ipynb #f2e1d431
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-def load_causal_lm(name_or_path: str, # hub id or local `save_pretrained` folder
-                   tokenizer=None, # if given, its pad token is set on the model (embeddings resized if needed)
-                   dtype: torch.dtype | str | None = None, # e.g. torch.bfloat16; the checkpoint's dtype when None
-                   gradient_checkpointing: bool = False,
-                   **kwargs) -> nn.Module:
-    "Load a causal LM for training as a policy; a LoRA adapter folder is loaded onto its base and merged into it."
-    model = _merged_adapter(name_or_path, dtype, **kwargs) or AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or "auto", **kwargs)
-    if tokenizer is not None:
-        if model.get_input_embeddings().num_embeddings < len(tokenizer): model.resize_token_embeddings(len(tokenizer))
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+    "`dtype` as `from_pretrained` takes it: a `torch.dtype`, or `'auto'` (the checkpoint's own) for None and 'auto'."
+    if isinstance(dtype, torch.dtype): return dtype
+    if dtype is None or dtype == "auto": return "auto"
+    if dtype in _DTYPES: return _DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r}: use 'auto' (the checkpoint's), {', '.join(map(repr, _DTYPES))} or a torch.dtype")
+
+def _pretrained_kwargs(dtype, attn_implementation, load_in_4bit: bool, kwargs: dict) -> dict:
+    "`from_pretrained`'s keyword arguments: the dtype, the attention kernel and, for a 4-bit base, quantisation and device."
+    kw = {"dtype": as_dtype(dtype), **kwargs}
+    if attn_implementation is not None: kw["attn_implementation"] = attn_implementation
+    return _quantised(kw) if load_in_4bit else kw                          # `_quantised`: see QLoRA below
+
+def _match_tokenizer(model: nn.Module, tokenizer):
+    "Resize `model`'s embeddings when `tokenizer` has more tokens, and give the model its pad id."
+    if tokenizer is None: return
+    if model.get_input_embeddings().num_embeddings < len(tokenizer): model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+# %% ../nbs/02_models.ipynb #b7a04aed
+def _checkpointing(model: nn.Module):
+    "Recompute activations in the backward pass; non-reentrant, so frozen inputs (LoRA, 4-bit bases) need no workaround."
+    on = getattr(model, "activation_checkpointing_enable", None)          # the newer transformers name
+    if on is not None: on(activation_checkpointing_kwargs={"use_reentrant": False})
+    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False                                        # a KV cache is useless while training
+
+def _ready(model: nn.Module, load_in_4bit: bool, gradient_checkpointing: bool) -> nn.Module:
+    "A loaded model made ready to train: a 4-bit base frozen and prepared for adapters; checkpointing when asked."
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)   # checkpointing: just below
+    if gradient_checkpointing: _checkpointing(model)
     return model
 
+def _merged_adapter(path: str, auto_peft: str, **kwargs) -> nn.Module | None:
+    "The base model with the LoRA adapter of the folder `path` merged in, or None when `path` is no adapter folder."
+    if not (Path(path) / "adapter_config.json").exists(): return None
+    import peft
+    model = getattr(peft, auto_peft).from_pretrained(path, **kwargs).merge_and_unload()
+    for p in model.parameters(): p.requires_grad_(p.is_floating_point())  # 4-bit storage (uint8) takes no gradient
+    return model
+
+def load_causal_lm(name_or_path: str, # hub id or local `save_pretrained` folder (or a LoRA adapter folder)
+                   tokenizer=None, # if given, its pad token is set on the model (embeddings resized if needed)
+                   dtype: torch.dtype | str | None = None, # "auto"/None (the checkpoint's), "float32", "bfloat16", "float16"
+                   gradient_checkpointing: bool = False, # recompute activations in the backward pass
+                   attn_implementation: str | None = None, # "eager", "sdpa", "flash_attention_2"; None = transformers' choice
+                   load_in_4bit: bool = False, # QLoRA: a frozen NF4 base on this process's device; add adapters to train
+                   **kwargs) -> nn.Module:
+    "Load a causal LM for training as a policy; a LoRA adapter folder is loaded onto its base and merged into it."
+    kw = _pretrained_kwargs(dtype, attn_implementation, load_in_4bit, kwargs)
+    model = _merged_adapter(name_or_path, "AutoPeftModelForCausalLM", **kw) or AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+    _match_tokenizer(model, tokenizer)
+    return _ready(model, load_in_4bit, gradient_checkpointing)
+
 # %% ../nbs/02_models.ipynb #7da259a6
-def add_lora(model: nn.Module, r: int = 16, alpha: int | None = None, # alpha = 2r when None
-             dropout: float = 0.0, target_modules="all-linear", task_type: str = "CAUSAL_LM", **kwargs):
+def add_lora(model: nn.Module, r: int = 16, # rank of the adapters
+             alpha: float | None = None, # scale α (the update is scaled by α/r); 2r when None
+             dropout: float = 0.0, # dropout on the adapters' input
+             target_modules: list[str] | str | None = None, # module names to adapt; None = every linear layer but the head
+             task_type: str = "CAUSAL_LM", # "SEQ_CLS" for a scalar model: its head then trains in full
+             **kwargs) -> nn.Module:
     "Wrap `model` with LoRA adapters (peft) of rank `r`; only the adapters train."
     from peft import LoraConfig, get_peft_model
-    cfg = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules=target_modules,
-                     task_type=task_type, **kwargs)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r if alpha is None else alpha, lora_dropout=dropout,
+                     target_modules="all-linear" if target_modules is None else target_modules, task_type=task_type, **kwargs)
     return get_peft_model(model, cfg)
 
 def is_peft(model: nn.Module) -> bool:
@@ -203,3 +248,31 @@ def scalar_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     "The scalar head at the last real token of each row, (B,) in fp32: rewards."
     s = token_scores(model, input_ids, attention_mask, position_ids)                  # (B, T)
     return s.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+
+# %% ../nbs/02_models.ipynb #4eab4922
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+@dataclass
+class ModelConfig:
+    "Which model to train and how to load it."
+    model: str | None = None                 # hub id or local `save_pretrained` folder (a LoRA adapter folder is merged into its base)
+    ref_model: str | None = None             # reference policy; None = the base with adapters off (LoRA), else a frozen copy of `model`
+    dtype: str = "auto"                      # weights' dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16"
+    attn_implementation: str | None = None   # "eager", "sdpa", "flash_attention_2", ...; None = transformers' default
+    load_in_4bit: bool = False               # QLoRA: the frozen base quantised to 4-bit NF4 by bitsandbytes; needs lora_r > 0
+    gradient_checkpointing: bool = False     # recompute activations in backward: less memory, more compute
+    lora_r: int = 0                          # rank of the LoRA adapters; 0 = train every weight
+    lora_alpha: float | None = None          # LoRA scale α (the update is scaled by α/r); None = 2·lora_r
+    lora_dropout: float = 0.0                # dropout on the LoRA input
+    lora_target_modules: list[str] | None = None  # module names to adapt, e.g. [q_proj, v_proj]; None = every linear layer
+    chat_template: str | None = None         # a Jinja chat template file for a tokenizer that has none (saved with the model)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES: raise ValueError(f"ModelConfig.dtype={self.dtype!r}: use one of {', '.join(DTYPES)}.")
+        if self.lora_r < 0: raise ValueError(f"ModelConfig.lora_r={self.lora_r}: use 0 (train every weight) or a positive rank such as 16.")
+        if not 0 <= self.lora_dropout < 1: raise ValueError(f"ModelConfig.lora_dropout={self.lora_dropout}: use a probability in [0, 1), e.g. 0.05.")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"ModelConfig.lora_alpha={self.lora_alpha}: use a positive scale such as 2·lora_r, or None for 2·lora_r.")
+        if self.load_in_4bit and self.lora_r == 0:
+            raise ValueError("ModelConfig.load_in_4bit=True needs lora_r > 0: 4-bit weights are frozen and cannot be trained "
+                             "directly, so QLoRA trains LoRA adapters on top of them. Set lora_r (e.g. 16) or drop load_in_4bit.")

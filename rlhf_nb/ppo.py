@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_ppo.ipynb #7ea72bee
 from __future__ import annotations
-import contextlib, copy, os, warnings
+import contextlib, copy, math, os, warnings
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,7 @@ from .train import TrainConfig, Trainer, split_batch
 # %% auto #0
 __all__ = ['gae', 'ppo_policy_loss', 'ppo_value_loss', 'PPOConfig', 'kl_controller', 'truncate_at_stop', 'position_ids_from_mask',
            'sample_responses', 'score_responses', 'value_model_from', 'PolicyAndValue', 'explained_variance', 'rollout',
-           'rollout_minibatches', 'ppo_batch', 'ppo_experience', 'ppo']
+           'rollout_minibatches', 'ppo_batch', 'ppo_experience', 'ppo_evaluator', 'ppo']
 
 # %% ../nbs/13_ppo.ipynb #fe2ab0a1
 def _check_batch(fn: str, mask: torch.Tensor, **tensors) -> torch.Tensor:
@@ -414,13 +414,47 @@ def _check_ppo_args(reward_model, reward_fn, cfg: PPOConfig, train_cfg: TrainCon
         raise ValueError(f"ppo: {n_prompts} prompts is less than one rollout (batch_size={train_cfg.batch_size} per process); lower batch_size")
 
 def _loop_config(train_cfg: TrainConfig, cfg: PPOConfig, n_prompts: int) -> TrainConfig:
-    "The loop's config: PPO updates (max_steps, warmup_steps, save_every) turned into optimizer steps."
+    "The loop's config: PPO updates (max_steps, warmup_steps, save_every, eval_every, sample_every) turned into optimizer steps."
     k = cfg.ppo_epochs * cfg.num_minibatches
     per_epoch = n_prompts // (train_cfg.batch_size * int(os.environ.get("WORLD_SIZE", 1)))
     updates = train_cfg.max_steps or max(1, int(train_cfg.epochs * per_epoch))
-    return replace(train_cfg, max_steps=updates * k, warmup_steps=train_cfg.warmup_steps * k, save_every=train_cfg.save_every * k)
+    return replace(train_cfg, max_steps=updates * k, warmup_steps=train_cfg.warmup_steps * k, save_every=train_cfg.save_every * k,
+                   eval_every=train_cfg.eval_every * k, sample_every=train_cfg.sample_every * k)
 
 # %% ../nbs/13_ppo.ipynb #2f5f6ee6
+def ppo_evaluator(dataset, # tokenized held-out prompts (`tokenize_prompts`)
+                  cfg: PPOConfig, tokenizer, kl_ctl, # the run's controller: β of the reported RLHF reward
+                  reward_model=None, reward_fn=None, ref_model=None, # as in `rollout`
+                  batch_size: int = 16, # prompts per rollout
+                  seed: int = 0, # the sampling seed: every evaluation samples with the same random numbers
+                 ) -> Callable:
+    "The `eval_fn` of PPO's `Trainer`: one sampled response per held-out prompt, its score and its KL(π‖π_ref), averaged over prompts."
+    collate = PromptCollator(tokenizer.pad_token_id)
+    def eval_fn(trainer: Trainer) -> dict:
+        acc, model = trainer.acc, trainer.acc.unwrap_model(trainer.model)
+        P, rank = acc.num_processes, acc.process_index
+        mine = list(range(rank, len(dataset), P))
+        sums = torch.zeros(5, dtype=torch.float64)                          # Σ score, Σ kl, Σ kl², Σ ended, n
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), acc.autocast():
+            torch.manual_seed(seed + rank)
+            for j in range(math.ceil(math.ceil(len(dataset) / P) / batch_size)):   # the same count on every process
+                idx = mine[j * batch_size:(j + 1) * batch_size]
+                batch = collate([dataset[i] for i in (idx or [0])])
+                batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                ro = rollout(model, batch, tokenizer, cfg, kl_ctl.value, reward_model, reward_fn, ref_model, chunk=batch_size)
+                kl = torch.where(ro["mask"], ro["old_logps"] - ro["ref_logps"], 0).sum(1).double()   # (b,) per sequence
+                w = float(bool(idx))                                        # a stand-in batch counts for nothing
+                sums += w * torch.stack([ro["scores"].double().sum().cpu(), kl.sum().cpu(), (kl ** 2).sum().cpu(),
+                                         ro["ended"].double().sum().cpu(), torch.tensor(float(len(kl)), dtype=torch.float64)])
+        if P > 1: sums = acc.reduce(sums.to(acc.device), "sum").cpu()
+        n = sums[4].clamp(min=1)
+        score, kl, kl2 = sums[0] / n, sums[1] / n, sums[2] / n
+        return {"objective/scores": score.item(), "objective/kl": kl.item(),
+                "objective/kl_std": (kl2 - kl ** 2).clamp(min=0).sqrt().item(),
+                "objective/rlhf_reward": (score - kl_ctl.value * kl).item(), "val/eos_fraction": (sums[3] / n).item()}
+    return eval_fn
+
 def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout is switched off
         tokenizer, # with a pad token
         rows, # prompts: anything `tokenize_prompts` accepts
@@ -430,10 +464,13 @@ def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout i
         ppo_config: PPOConfig | None = None,
         ref_model: nn.Module | None = None, # None: a LoRA policy's base (adapters off), else a frozen copy of `policy`
         value_model: nn.Module | str | None = None, # None: the reward model's (else the policy's) trunk, zero head; or "shared"
+        eval_rows=None, # held-out prompts: score and KL of one sampled response each, every `config.eval_every` updates and at the end
+        callbacks: list | tuple = (), # see `Trainer`
        ) -> Trainer:
     "Train `policy` with PPO in the shared loop; returns the finished `Trainer` (`.history`, `.model.policy`, `.kl_ctl`)."
     cfg, train_cfg = ppo_config or PPOConfig(), config or TrainConfig()
-    ds, _ = tokenize_prompts(rows, tokenizer, cfg.max_prompt_length)
+    ds, report = tokenize_prompts(rows, tokenizer, cfg.max_prompt_length)
+    eval_ds = None if eval_rows is None else tokenize_prompts(eval_rows, tokenizer, cfg.max_prompt_length)[0]
     _check_ppo_args(reward_model, reward_fn, cfg, train_cfg, len(ds))
     ref = ref_model if ref_model is not None or is_peft(policy) else frozen_copy(policy)
     if value_model is None: value_model = value_model_from(reward_model if reward_model is not None else policy)
@@ -441,7 +478,9 @@ def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout i
     kl_ctl = kl_controller(cfg)
     trainer = Trainer(model, partial(ppo_batch, cfg=cfg), ds, PromptCollator(tokenizer.pad_token_id),
                       _loop_config(train_cfg, cfg, len(ds)), tokenizer=tokenizer, frozen=tuple(m for m in (ref, reward_model) if m is not None),
-                      experience=ppo_experience(cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref), normalize="tokens")
+                      experience=ppo_experience(cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref), normalize="tokens",
+                      eval_fn=None if eval_ds is None else ppo_evaluator(eval_ds, cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref),
+                      eval_dataset=eval_ds, callbacks=callbacks, record=dict(objective="ppo", objective_config=cfg, data_report=report))
     trainer.kl_ctl = kl_ctl
     trainer.acc.register_for_checkpointing(_KLState(kl_ctl))
     trainer.fit()

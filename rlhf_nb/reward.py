@@ -55,13 +55,19 @@ class RewardConfig:
 
 def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(...)` or `tiny_llama(tok, cls=LlamaForSequenceClassification)`
                        tokenizer, rows, # prompt/chosen/rejected rows (strings or messages); optional numeric `margin`
-                       config: TrainConfig | None = None, rm: RewardConfig | None = None) -> Trainer:
+                       config: TrainConfig | None = None, rm: RewardConfig | None = None,
+                       eval_rows=None, # held-out pairs: accuracy, margin and loss every `config.eval_every` steps and at the end
+                       callbacks: list | tuple = (), # see `Trainer`
+                      ) -> Trainer:
     "Fit a Bradley–Terry reward model on preference `rows` with the shared loop; returns the finished `Trainer`."
     rm = rm or RewardConfig()
-    ds, _ = tokenize_preferences(rows, tokenizer, max_length=rm.max_length, max_prompt_length=rm.max_prompt_length,
-                                 chat_template_kwargs=rm.chat_template_kwargs, num_proc=rm.num_proc)
+    tok = lambda r: tokenize_preferences(r, tokenizer, max_length=rm.max_length, max_prompt_length=rm.max_prompt_length,
+                                         chat_template_kwargs=rm.chat_template_kwargs, num_proc=rm.num_proc)
+    ds, report = tok(rows)
     fn = lambda model, batch: reward_batch(model, batch, rm.center_coef)
-    trainer = Trainer(model, fn, ds, PreferenceCollator(tokenizer.pad_token_id), config or TrainConfig(), tokenizer=tokenizer)
+    trainer = Trainer(model, fn, ds, PreferenceCollator(tokenizer.pad_token_id), config or TrainConfig(), tokenizer=tokenizer,
+                      eval_dataset=None if eval_rows is None else tok(eval_rows)[0], callbacks=callbacks,
+                      record=dict(objective="rm", objective_config=rm, data_report=report))
     trainer.fit()
     return trainer
 

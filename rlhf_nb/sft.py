@@ -66,14 +66,19 @@ def sft(model: nn.Module, # a causal LM (peft or not)
         rows, # anything `load_rows` accepts: prompt/completion or messages rows (prompt/chosen/rejected with `data.from_preferences`)
         config: TrainConfig | None = None,
         data: SFTConfig | None = None,
+        eval_rows=None, # held-out rows in the same format: evaluated every `config.eval_every` steps and at the end
+        callbacks: list | tuple = (), # see `Trainer`: on_step_end, on_log, on_evaluate, on_save, on_train_end
        ) -> Trainer:
     "Supervised fine-tuning of `model` on `rows` with the shared loop; returns the finished `Trainer`."
     data = data or SFTConfig()
-    ds, _ = tokenize_sft(_sft_rows(rows, data), tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length,
-                         chat_template_kwargs=data.chat_template_kwargs, num_proc=data.num_proc)
+    tok = lambda r: tokenize_sft(_sft_rows(r, data), tokenizer, max_length=data.max_length, max_prompt_length=data.max_prompt_length,
+                                 chat_template_kwargs=data.chat_template_kwargs, num_proc=data.num_proc)
+    ds, report = tok(rows)
     per_token = data.loss_per == "token"
     trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
-                      config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows")
+                      config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows",
+                      eval_dataset=None if eval_rows is None else tok(eval_rows)[0], callbacks=callbacks,
+                      record=dict(objective="sft", objective_config=data, data_report=report))
     trainer.fit()
     return trainer
 

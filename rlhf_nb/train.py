@@ -20,7 +20,7 @@ from .models import disable_dropout
 
 # %% auto #0
 __all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'process_state', 'MicroBatches', 'split_batch',
-           'loss_weights', 'Trainer', 'train', 'evaluate']
+           'loss_weights', 'Trainer', 'train', 'evaluate', 'prompt_ids', 'Callback', 'EarlyStopping']
 
 # %% ../nbs/03_train.ipynb #3e27dfb4
 @dataclass
@@ -46,14 +46,30 @@ class TrainConfig:
     resume_from: str | None = None     # a checkpoint folder, or "latest" (newest in output_dir/checkpoints; none = a fresh start)
     shuffle: bool = True
     progress: bool = True              # tqdm bar on the main process
-    log_with: str | None = None        # an accelerate tracker ("tensorboard", "wandb") if installed
-    save_final: bool = True            # save_pretrained into output_dir/final at the end
+    log_with: str | None = None        # accelerate trackers, comma-separated: "tensorboard", "wandb", "trackio", ...
+    run_name: str | None = None        # the run's name in the trackers (default: the output_dir's folder name)
+    project_name: str = "rlhf_nb"      # the trackers' project
+    save_final: bool = True            # save_pretrained into output_dir/final at the end (with a model card)
+    eval_every: int = 0                # with held-out data: evaluate every N steps and at the end; 0 = only at the end
+    eval_batch_size: int | None = None # rows per evaluation batch; None = batch_size
+    sample_every: int = 0              # generate completions of a few prompts every N steps (samples.jsonl); 0 = never
+    num_samples: int = 4               # prompts to sample each time (held-out prompts when there are, else training ones)
+    sample_max_new_tokens: int = 48    # length cap of those completions (greedy decoding)
 
     def __post_init__(self):
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose one of {sorted(_SCHEDULES)}")
-        for name in ("batch_size", "grad_accum"):
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints", "num_samples", "sample_max_new_tokens"):
             if int(getattr(self, name)) < 1: raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "save_every", "eval_every", "sample_every", "weight_decay"):
+            if getattr(self, name) < 0: raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1: raise ValueError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        if not self.lr > 0: raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.epochs <= 0: raise ValueError(f"TrainConfig.epochs must be > 0, got {self.epochs}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"TrainConfig.eval_batch_size must be >= 1 or None, got {self.eval_batch_size}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.mixed_precision={self.mixed_precision!r}: choose 'no', 'bf16' or 'fp16'")
 
 # transformers' "constant" ignores warmup; "constant_with_warmup" is constant after it (and equal without it)
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -126,12 +142,20 @@ class Trainer:
     "The one training loop: `batch_fn(model, batch) -> (loss, metrics)` minimised over `dataset`."
     def __init__(self, model: nn.Module, batch_fn: Callable, dataset, collate_fn: Callable, config: TrainConfig,
                  tokenizer=None, frozen: tuple[nn.Module, ...] = (), experience: Callable | None = None,
-                 normalize: str | Callable = "rows", prepare_step: Callable | None = None):
+                 normalize: str | Callable = "rows", prepare_step: Callable | None = None,
+                 eval_dataset=None, # held-out rows in the training format: `batch_fn`'s metrics on them, as eval/...
+                 eval_fn: Callable | None = None, # (trainer) -> metrics, instead of `batch_fn` on `eval_dataset` (PPO)
+                 callbacks: list | tuple = (), # objects with any of on_step_end, on_log, on_evaluate, on_save, on_train_end
+                 sample_prompts: list | None = None, # prompt token ids to sample from every `sample_every` steps
+                 record: dict | None = None, # what the objective adds to run.json: objective, objective_config, data_report, ...
+                ):
         self.cfg, self.batch_fn, self.tokenizer, self.experience = config, batch_fn, tokenizer, experience
         self.normalize, self.prepare_step = _check_normalize(normalize), prepare_step
+        self.dataset, self.collate_fn, self.eval_dataset, self.eval_fn = dataset, collate_fn, eval_dataset, eval_fn
+        self.callbacks, self.sample_prompts, self.record = list(callbacks), sample_prompts, dict(record or {})
         set_seed(config.seed)
         _allow_precision(config.mixed_precision)
-        self.acc = Accelerator(cpu=_cpu_ddp(), mixed_precision=config.mixed_precision, log_with=config.log_with,
+        self.acc = Accelerator(cpu=_cpu_ddp(), mixed_precision=config.mixed_precision, log_with=_trackers(config.log_with),
                                project_dir=config.output_dir,
                                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
         if self.acc.distributed_type == "DEEPSPEED" and (config.grad_accum > 1 or self.acc.gradient_accumulation_steps > 1):
@@ -146,12 +170,18 @@ class Trainer:
         self.sched = get_scheduler(_SCHEDULES[config.schedule], self.opt, num_warmup_steps=config.warmup_steps,
                                    num_training_steps=self.max_steps)
         self.step, self.epoch, self.batch_in_epoch, self.history = 0, 0, 0, []
-        self.out = Path(config.output_dir)
+        self.out, self.should_stop = Path(config.output_dir), False
+        _register_weight_hooks(self.acc)
 
 # %% ../nbs/03_train.ipynb #819213b9
 def _check_normalize(normalize):
     if callable(normalize) or normalize in _NORMALIZE: return normalize
     raise ValueError(f"normalize={normalize!r}: choose one of {sorted(_NORMALIZE)} or pass a function batch -> units")
+
+def _trackers(log_with: str | None) -> list[str] | None:
+    "`TrainConfig.log_with` as accelerate's list of tracker names."
+    if not log_with: return None
+    return [t.strip() for t in str(log_with).split(",") if t.strip()]
 
 def _allow_precision(mixed_precision: str):
     "Let a later Trainer in the same process use another mixed precision (accelerate keeps one global state)."
@@ -192,16 +222,34 @@ def _master_weights(model: nn.Module, cfg: TrainConfig, frozen: tuple = ()):
         for m in frozen: m.float()
 
 # %% ../nbs/03_train.ipynb #6aa1fe2e
+def _plain_pretrained(model: nn.Module) -> bool:
+    "A transformers model that is not a peft model: its `save_pretrained` folder holds every weight."
+    from transformers import PreTrainedModel
+    from rlhf_nb.models import is_peft
+    return isinstance(model, PreTrainedModel) and not is_peft(model)
+
+def _register_weight_hooks(acc: Accelerator):
+    "Make `save_state` store only the weights a checkpoint's save_pretrained folder lacks (nothing under FSDP/DeepSpeed changes)."
+    if acc.distributed_type in ("FSDP", "DEEPSPEED"): return
+    def keep_missing(models, weights, output_dir):
+        for i, m in enumerate(models):
+            if _plain_pretrained(acc.unwrap_model(m)): weights[i] = {}
+            else:
+                trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+                weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+    acc.register_save_state_pre_hook(keep_missing)
+
 @patch
 def save_checkpoint(self: Trainer) -> Path:
-    "Write a checkpoint of the current state atomically to output_dir/checkpoints/step-N."
+    "Write a checkpoint atomically to output_dir/checkpoints/step-N: a save_pretrained folder plus `resume/` for exact resume."
     root = self.out / "checkpoints"
     tmp, final = root / f".tmp-step-{self.step}", root / f"step-{self.step}"
     if self.acc.is_main_process and tmp.exists(): shutil.rmtree(tmp)
     self.acc.wait_for_everyone()
-    self.acc.save_state(str(tmp))
+    self._save_pretrained(tmp)
+    self.acc.save_state(str(tmp / "resume"))
     if self.acc.is_main_process:
-        torch.save(self.sched.state_dict(), tmp / "scheduler.pt")
+        torch.save(self.sched.state_dict(), tmp / "resume" / "scheduler.pt")
         state = dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, max_steps=self.max_steps)
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         if final.exists(): shutil.rmtree(final)
@@ -209,7 +257,17 @@ def save_checkpoint(self: Trainer) -> Path:
         for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-self.cfg.keep_checkpoints]:
             shutil.rmtree(old)
     self.acc.wait_for_everyone()
+    for cb in self.callbacks: _call(cb, "on_save", self, final)
     return final
+
+@patch
+def _save_pretrained(self: Trainer, folder: Path):
+    "save_pretrained the model (adapters only for peft; full weights gathered from FSDP shards) and the tokenizer into `folder`."
+    model = self.acc.unwrap_model(self.model)
+    state = self.acc.get_state_dict(self.model)                            # a collective under FSDP / DeepSpeed
+    if self.acc.is_main_process:
+        model.save_pretrained(folder, state_dict=state)
+        if self.tokenizer is not None: self.tokenizer.save_pretrained(folder)
 
 # %% ../nbs/03_train.ipynb #896f2c9b
 @patch
@@ -218,12 +276,25 @@ def load_checkpoint(self: Trainer, path: str | Path):
     path = Path(path)
     if not (path / "trainer_state.json").exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.json)")
-    self.acc.load_state(str(path))
-    self.sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    state_dir = path / "resume" if (path / "resume").exists() else path   # checkpoints of earlier versions: one folder
+    self.acc.load_state(str(state_dir), strict=False)                     # the weights the folder lacks come next
+    model = self.acc.unwrap_model(self.model)
+    if state_dir != path and _plain_pretrained(model) and self.acc.distributed_type not in ("FSDP", "DEEPSPEED"):
+        _load_pretrained_weights(model, path)
+    self.sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
     state = json.loads((path / "trainer_state.json").read_text())
     self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     self.history = [h for h in _read_metrics(self.out) if h["step"] <= self.step]
-    if self.acc.is_main_process: _write_metrics(self.out, self.history)
+    if self.acc.is_main_process:
+        _write_metrics(self.out, self.history)
+        _truncate_jsonl(self.out / "samples.jsonl", self.step)
+
+def _load_pretrained_weights(model: nn.Module, folder: Path):
+    "Copy the weights of a save_pretrained `folder` into `model` in place (its dtype and device kept)."
+    saved = type(model).from_pretrained(folder, dtype="auto")
+    missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 def _read_metrics(out: Path) -> list[dict]:
     f = out / "metrics.jsonl"
@@ -232,6 +303,12 @@ def _read_metrics(out: Path) -> list[dict]:
 def _write_metrics(out: Path, rows: list[dict]):
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+def _truncate_jsonl(f: Path, step: int):
+    "Drop the rows of a JSON-lines file written after `step` (by a run that is being resumed from `step`)."
+    if f.exists():
+        keep = [l for l in f.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        f.write_text("".join(l + "\n" for l in keep))
 
 # %% ../nbs/03_train.ipynb #db20f161
 @patch
@@ -289,33 +366,55 @@ def _step_metrics(self: Trainer, logs: list[dict], w: torch.Tensor) -> dict:
 # %% ../nbs/03_train.ipynb #6d29d502
 @patch
 def fit(self: Trainer) -> list[dict]:
-    "Train to `max_steps`; returns the logged metrics (also in output_dir/metrics.jsonl)."
+    "Train to `max_steps` (or until a callback sets `trainer.should_stop`); returns the logged metrics (also in output_dir/metrics.jsonl)."
     cfg = self.cfg
     self._start()
-    if cfg.log_with: self.acc.init_trackers("rlhf_nb", config={k: v for k, v in asdict(cfg).items() if v is not None})
     self.model.train()
     batches = self._batches() if self.experience is None else self.experience(self, self._batches())
     bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.progress and self.acc.is_main_process))
-    while self.step < self.max_steps:
+    while self.step < self.max_steps and not self.should_stop:
         row = self.train_step(batches)
-        if self.step % cfg.log_every == 0 or self.step == self.max_steps: self._log(row)
+        for cb in self.callbacks: _call(cb, "on_step_end", self, row)
+        last = self.step == self.max_steps or self.should_stop              # a callback may end the run here
+        if self.has_eval and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last): row.update(self.evaluate())
+        if self.step % cfg.log_every == 0 or last or any(k.startswith("eval/") for k in row): self._log(row)
+        if cfg.sample_every and (self.step % cfg.sample_every == 0 or last): self.sample()
         bar.update(1); bar.set_postfix(loss=f"{row['loss']:.4f}")
         if cfg.save_every and self.step % cfg.save_every == 0: self.save_checkpoint()
     bar.close()
     if cfg.save_final: self.save_final()
+    for cb in self.callbacks: _call(cb, "on_train_end", self)
     if cfg.log_with: self.acc.end_training()
     return self.history
 
+def _call(cb, hook: str, *args):
+    "Call `cb.hook(*args)` when the callback defines it (a callback may define any subset of the hooks)."
+    f = getattr(cb, hook, None)
+    if f is not None: f(*args)
+
+@patch(as_prop=True)
+def has_eval(self: Trainer) -> bool:
+    "Whether there is held-out data (or an `eval_fn`) to evaluate."
+    return self.eval_fn is not None or self.eval_dataset is not None
+
 @patch
 def _start(self: Trainer):
-    "Resume from the asked-for checkpoint; with none to resume from, start fresh: an empty metrics.jsonl, said in one line."
+    "Resume from the asked-for checkpoint (none: a fresh start, said in one line); write run.json; start the trackers."
     ckpt = None
     if self.cfg.resume_from:
         ckpt = latest_checkpoint(self.out) if self.cfg.resume_from == "latest" else Path(self.cfg.resume_from)
         if ckpt is None and self.acc.is_main_process:
             print(f"resume: no checkpoint in {self.out / 'checkpoints'}; starting a fresh run")
     if ckpt is not None: self.load_checkpoint(ckpt)
-    elif self.acc.is_main_process: _write_metrics(self.out, [])
+    elif self.acc.is_main_process:
+        _write_metrics(self.out, [])
+        (self.out / "samples.jsonl").unlink(missing_ok=True)
+    from rlhf_nb.record import run_record, write_run_json, start_trackers
+    self.run_record = run_record(self.cfg, model=self.acc.unwrap_model(self.model), dataset=self.dataset,
+                                 eval_dataset=self.eval_dataset, **self.record)
+    if ckpt is not None: self.run_record["resumed_from"] = str(ckpt)
+    if self.acc.is_main_process: write_run_json(self.out, self.run_record)
+    if self.cfg.log_with: start_trackers(self.acc, self.cfg, self.run_record)
     self.acc.wait_for_everyone()
 
 @patch
@@ -323,20 +422,23 @@ def _log(self: Trainer, row: dict):
     self.history.append(row)
     if self.acc.is_main_process:
         with open(self.out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
-    if self.cfg.log_with: self.acc.log(row, step=self.step)
+    if self.cfg.log_with: self.acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
+    for cb in self.callbacks: _call(cb, "on_log", self, row)
 
 # %% ../nbs/03_train.ipynb #92de9875
 @patch
 def save_final(self: Trainer) -> Path:
-    "save_pretrained the model (adapters only for peft) and the tokenizer into output_dir/final, atomically."
+    "save_pretrained the model (adapters only for peft), the tokenizer and a model card (README.md) into output_dir/final, atomically."
     final, tmp = self.out / "final", self.out / ".tmp-final"
     self.acc.wait_for_everyone()
-    model = self.acc.unwrap_model(self.model)
-    state = self.acc.get_state_dict(self.model)
+    if self.acc.is_main_process and tmp.exists(): shutil.rmtree(tmp)
+    self._save_pretrained(tmp)
     if self.acc.is_main_process:
-        if tmp.exists(): shutil.rmtree(tmp)
-        model.save_pretrained(tmp, state_dict=state)
-        if self.tokenizer is not None: self.tokenizer.save_pretrained(tmp)
+        from rlhf_nb.record import write_model_card
+        train_rows = [h for h in self.history if "loss" in h]
+        evals = [h for h in self.history if any(k.startswith("eval/") for k in h)]
+        write_model_card(tmp, getattr(self, "run_record", {}), metrics=train_rows[-1] if train_rows else None,
+                         eval_metrics={k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else None)
         if final.exists(): shutil.rmtree(final)
         os.rename(tmp, final)
     self.acc.wait_for_everyone()
@@ -353,25 +455,126 @@ def train(model: nn.Module, # the model to optimise (a transformers or peft mode
           experience: Callable | None = None, # (trainer, batches) -> steps; on-policy methods only
           normalize: str | Callable = "rows", # how micro-batch losses combine: "rows", "tokens", "micro_batch" or batch -> units
           prepare_step: Callable | None = None, # (trainer, micro-batches) -> micro-batches, before the step's forwards
+          **kwargs, # the rest of `Trainer`'s options: eval_dataset, eval_fn, callbacks, sample_prompts, record
          ) -> Trainer:
     "Minimise `batch_fn` over `dataset` with the shared loop; returns the finished `Trainer` (`.history`, `.model`)."
     trainer = Trainer(model, batch_fn, dataset, collate_fn, config or TrainConfig(), tokenizer=tokenizer, frozen=frozen,
-                      experience=experience, normalize=normalize, prepare_step=prepare_step)
+                      experience=experience, normalize=normalize, prepare_step=prepare_step, **kwargs)
     trainer.fit()
     return trainer
 
 # %% ../nbs/03_train.ipynb #0f37f6f3
 @torch.no_grad()
-def evaluate(model: nn.Module, batch_fn: Callable, dataset, collate_fn: Callable, batch_size: int = 16) -> dict:
-    "Metrics of `batch_fn` averaged over `dataset` (loss included), without gradients, in eval mode."
+def evaluate(model: nn.Module, # the model `batch_fn` runs
+             batch_fn: Callable, # (model, batch) -> (loss, metrics)
+             dataset, # rows `collate_fn` takes (a list or a 🤗 Dataset)
+             collate_fn: Callable,
+             batch_size: int = 16,
+             prepare: Callable | None = None, # batch -> batch before `batch_fn` (e.g. KTO's reference point)
+             accelerator: Accelerator | None = None, # shard the rows over its processes and add up the results
+            ) -> dict:
+    "Metrics of `batch_fn` averaged over `dataset`'s rows (loss included), without gradients, in eval mode."
+    if len(dataset) == 0: raise ValueError("evaluate: the dataset is empty")
     was_training, dev = model.training, next(model.parameters()).device
+    P, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    mine = list(range(rank, len(dataset), P))
+    n_batches = math.ceil(math.ceil(len(dataset) / P) / batch_size)          # the same on every process
     model.eval()
-    totals, n = {}, 0
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, metrics = batch_fn(model, batch)
-        b = _rows(batch)
-        for k, v in {"loss": loss, **metrics}.items(): totals[k] = totals.get(k, 0.) + float(v) * b
-        n += b
-    model.train(was_training)
-    return {k: v / n for k, v in totals.items()}
+    totals, keys = None, None
+    try:
+        for j in range(n_batches):
+            idx = mine[j * batch_size:(j + 1) * batch_size]
+            batch = collate_fn([dataset[i] for i in (idx or [0])])           # no rows left: a stand-in at weight 0
+            batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if prepare is not None: batch = prepare(batch)
+            loss, metrics = batch_fn(model, batch)
+            vals = {"loss": loss, **metrics}
+            if keys is None: keys, totals = list(vals), torch.zeros(len(vals) + 1, dtype=torch.float64)
+            w = float(len(idx))
+            totals += torch.tensor([float(vals[k]) * w for k in keys] + [w], dtype=torch.float64)
+    finally: model.train(was_training)
+    if accelerator is not None and P > 1:
+        totals = accelerator.reduce(totals.to(accelerator.device), "sum").cpu()
+    return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
+
+@patch
+def evaluate(self: Trainer) -> dict:
+    "The held-out metrics now, under eval/ names: `eval_fn(self)`, or `batch_fn` over `eval_dataset` on every process; calls `on_evaluate`."
+    if not self.has_eval: raise ValueError("Trainer.evaluate: no eval_dataset or eval_fn was given")
+    if self.eval_fn is not None: metrics = self.eval_fn(self)
+    else:
+        prepare = None if self.prepare_step is None else (lambda b: self.prepare_step(self, [b])[0])
+        with self.acc.autocast():
+            metrics = evaluate(self.acc.unwrap_model(self.model), self.batch_fn, self.eval_dataset, self.collate_fn,
+                               self.cfg.eval_batch_size or self.cfg.batch_size, prepare, self.acc)
+    metrics = {(k if k.startswith("eval/") else f"eval/{k}"): v for k, v in metrics.items()}
+    for cb in self.callbacks: _call(cb, "on_evaluate", self, metrics)
+    return metrics
+
+# %% ../nbs/03_train.ipynb #c7bacd13
+def prompt_ids(row: dict) -> list[int]:
+    "The prompt's token ids of a tokenized row: `prompt_input_ids`, the unlabelled start of `input_ids`/`chosen_input_ids`, or a prompt row's `input_ids`."
+    if "prompt_input_ids" in row: return list(row["prompt_input_ids"])
+    for pre in ("", "chosen_"):
+        ids, labels = row.get(f"{pre}input_ids"), row.get(f"{pre}labels")
+        if ids is not None and labels is not None:
+            n = next((t for t, l in enumerate(labels) if l != -100), len(labels))
+            return list(ids[:n])
+    if "input_ids" in row: return list(row["input_ids"])                    # prompt rows (PPO)
+    raise ValueError(f"prompt_ids: a row with {sorted(row)} has no prompt_input_ids, input_ids or chosen_input_ids")
+
+@patch
+@torch.no_grad()
+def sample(self: Trainer) -> list[dict]:
+    "Greedy completions of `sample_prompts` (else the first `num_samples` held-out or training prompts), appended to samples.jsonl."
+    gen = self.acc.unwrap_model(self.model)
+    gen = getattr(gen, "policy", gen)                                       # PPO's policy-and-critic pair
+    if self.tokenizer is None or not getattr(gen, "can_generate", lambda: False)(): return []
+    if self.sample_prompts is None:
+        rows = self.eval_dataset if self.eval_dataset is not None else self.dataset
+        self.sample_prompts = [prompt_ids(rows[i]) for i in range(min(self.cfg.num_samples, len(rows)))]
+    from rlhf_nb.data import pad_sequences
+    ids, mask = pad_sequences(self.sample_prompts, self.tokenizer.pad_token_id, side="left")
+    dev, was_training = next(gen.parameters()).device, gen.training
+    gen.eval()
+    try:
+        with self.acc.autocast():
+            out = gen.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=self.cfg.sample_max_new_tokens,
+                               do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+    finally: gen.train(was_training)
+    dec = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)
+    rows = [{"step": self.step, "prompt": dec(p), "completion": dec(o[ids.shape[1]:])} for p, o in zip(self.sample_prompts, out.tolist())]
+    if self.acc.is_main_process:
+        with open(self.out / "samples.jsonl", "a") as f: f.write("".join(json.dumps(r) + "\n" for r in rows))
+    if self.cfg.log_with:
+        from rlhf_nb.record import log_table
+        log_table(self.acc, "samples", ["step", "prompt", "completion"], [[r["step"], r["prompt"], r["completion"]] for r in rows], self.step)
+    return rows
+
+class Callback:
+    "A base for callbacks (subclassing is optional: the loop calls whichever of these methods an object has)."
+    def on_step_end(self, trainer: Trainer, row: dict): pass
+    def on_log(self, trainer: Trainer, row: dict): pass
+    def on_evaluate(self, trainer: Trainer, metrics: dict): pass
+    def on_save(self, trainer: Trainer, path: Path): pass
+    def on_train_end(self, trainer: Trainer): pass
+
+class EarlyStopping(Callback):
+    "Stop training when `metric` has not improved by more than `min_delta` for `patience` evaluations."
+    def __init__(self, metric: str = "eval/loss", # an eval metric (the `eval/` prefix may be left out)
+                 patience: int = 3, # evaluations without improvement before stopping
+                 mode: str = "min", # "min": lower is better; "max": higher is better
+                 min_delta: float = 0.0): # an improvement smaller than this does not count
+        if mode not in ("min", "max"): raise ValueError(f"EarlyStopping: mode={mode!r}: choose 'min' or 'max'")
+        if patience < 1: raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}")
+        self.metric = metric if metric.startswith("eval/") else f"eval/{metric}"
+        self.patience, self.mode, self.min_delta = patience, mode, min_delta
+        self.best, self.best_step, self.bad = None, None, 0
+    def on_evaluate(self, trainer: Trainer, metrics: dict):
+        if self.metric not in metrics:
+            raise KeyError(f"EarlyStopping: no {self.metric!r} among the eval metrics {sorted(metrics)}")
+        v = metrics[self.metric]
+        better = self.best is None or (v < self.best - self.min_delta if self.mode == "min" else v > self.best + self.min_delta)
+        if better: self.best, self.best_step, self.bad = v, trainer.step, 0
+        else: self.bad += 1
+        if self.bad >= self.patience: trainer.should_stop = True
