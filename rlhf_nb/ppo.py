@@ -268,6 +268,11 @@ def save_pretrained(self: PolicyAndValue, save_directory, # the policy goes here
     if self.value_model is not None: self.value_model.save_pretrained(d / "value_model", state_dict=part("value_model."), **kwargs)
     else: (d / "value_model").mkdir(parents=True, exist_ok=True); torch.save(part("value_head."), d / "value_model" / "value_head.pt")
 
+@patch
+def pretrained_parts(self: PolicyAndValue) -> dict[str, nn.Module]:
+    "The models `save_pretrained` writes whole, by subfolder: the policy (the folder itself) and a separate critic (`value_model/`)."
+    return {"": self.policy, **({} if self.value_model is None else {"value_model": self.value_model})}
+
 # %% ../nbs/13_ppo.ipynb #b3e03623
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     "Entropy of softmax(logits) at every position but the last, (B, T-1) fp32, one row at a time."

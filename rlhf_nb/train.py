@@ -228,15 +228,20 @@ def _plain_pretrained(model: nn.Module) -> bool:
     from rlhf_nb.models import is_peft
     return isinstance(model, PreTrainedModel) and not is_peft(model)
 
+def _pretrained_parts(model: nn.Module) -> dict[str, nn.Module]:
+    "The parts of `model` that its save_pretrained folder holds in full, by subfolder: {"": model} for a plain transformers model."
+    if _plain_pretrained(model): return {"": model}
+    parts = model.pretrained_parts() if hasattr(model, "pretrained_parts") else {}   # e.g. PPO's policy and critic
+    return {d: m for d, m in parts.items() if _plain_pretrained(m)}
+
 def _register_weight_hooks(acc: Accelerator):
-    "Make `save_state` store only the weights a checkpoint's save_pretrained folder lacks (nothing under FSDP/DeepSpeed changes)."
+    "Make `save_state` store only the trainable weights a checkpoint's save_pretrained folder lacks (FSDP/DeepSpeed: unchanged)."
     if acc.distributed_type in ("FSDP", "DEEPSPEED"): return
     def keep_missing(models, weights, output_dir):
         for i, m in enumerate(models):
-            if _plain_pretrained(acc.unwrap_model(m)): weights[i] = {}
-            else:
-                trainable = {n for n, p in m.named_parameters() if p.requires_grad}
-                weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+            held = {id(t) for part in _pretrained_parts(acc.unwrap_model(m)).values() for t in part.parameters()}
+            keep = {n for n, p in m.named_parameters() if p.requires_grad and id(p) not in held}
+            weights[i] = {k: v for k, v in weights[i].items() if k in keep}
     acc.register_save_state_pre_hook(keep_missing)
 
 @patch
@@ -278,9 +283,8 @@ def load_checkpoint(self: Trainer, path: str | Path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.json)")
     state_dir = path / "resume" if (path / "resume").exists() else path   # checkpoints of earlier versions: one folder
     self.acc.load_state(str(state_dir), strict=False)                     # the weights the folder lacks come next
-    model = self.acc.unwrap_model(self.model)
-    if state_dir != path and _plain_pretrained(model) and self.acc.distributed_type not in ("FSDP", "DEEPSPEED"):
-        _load_pretrained_weights(model, path)
+    if state_dir != path and self.acc.distributed_type not in ("FSDP", "DEEPSPEED"):
+        for sub, part in _pretrained_parts(self.acc.unwrap_model(self.model)).items(): _load_pretrained_weights(part, path / sub)
     self.sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
     state = json.loads((path / "trainer_state.json").read_text())
     self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]

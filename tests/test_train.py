@@ -11,15 +11,21 @@ def losses(out): return [json.loads(l)["loss"] for l in (Path(out) / "metrics.js
 def test_two_processes_match_one(tmp_path):
     # One process with batch 8 vs two processes (gloo, torchrun) with 4 each: the same 8 rows per step, and the
     # per-row mean losses average to the same global mean, so the runs differ only by float summation order.
-    subprocess.run([sys.executable, SCRIPT, str(tmp_path / "one"), "8", "10"], check=True, env=ENV, timeout=300)
+    # Both evaluate 7 held-out rows every 5 steps: two processes split them 4 + 3 (batches of 2, a stand-in at weight
+    # 0 so both run two batches), and must report the mean over the 7 rows, as one process does.
+    subprocess.run([sys.executable, SCRIPT, str(tmp_path / "one"), "8", "10", "0", "-", "0", "eval"], check=True, env=ENV, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                    SCRIPT, str(tmp_path / "two"), "4", "10"], check=True, env=ENV, timeout=300)
+                    SCRIPT, str(tmp_path / "two"), "4", "10", "0", "-", "0", "eval"], check=True, env=ENV, timeout=300)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 10
     assert one[-1] < one[0] * 0.8                                  # it trained
     # fp32 reductions in another order: 1e-4 relative is ~100x the single-step rounding, far below a real mismatch
     assert two == pytest.approx(one, rel=1e-4)
     assert (tmp_path / "two" / "final" / "config.json").exists()
+    ev = lambda out: [(r["step"], r["eval/loss"]) for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "eval/loss" in r]
+    e1, e2 = ev(tmp_path / "one"), ev(tmp_path / "two")
+    assert [s for s, _ in e1] == [s for s, _ in e2] == [5, 10]
+    assert [l for _, l in e2] == pytest.approx([l for _, l in e1], rel=1e-4)
 
 def test_sigkill_leaves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "run"
