@@ -24,7 +24,8 @@ requirements = reqs('requirements')
 if cfg.get('pip_requirements'): requirements += reqs('pip_requirements')
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
-extras = {'viz': reqs('viz_requirements'), 'dev': reqs('dev_requirements'), 'bench': reqs('bench_requirements')}
+extras = {'viz': reqs('viz_requirements'), 'dev': reqs('dev_requirements'), 'bench': reqs('bench_requirements'),
+          'qlora': reqs('qlora_requirements')}
 
 setuptools.setup(
     name = cfg['lib_name'],

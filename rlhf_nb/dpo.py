@@ -361,7 +361,7 @@ def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg):
     return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
 
 def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
-                     eval_rows=None, callbacks=(), objective: str = "dpo", **loss_kwargs) -> Trainer:
+                     eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, **loss_kwargs) -> Trainer:
     "Tokenize preference `rows` (and `eval_rows`), set up the reference, and minimise `loss_fn` with `preference_batch` in the shared loop."
     _check_loss(loss_fn, loss_kwargs)
     config = config or TrainConfig()
@@ -375,7 +375,7 @@ def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, re
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, **loss_kwargs)
     trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
                       frozen=() if ref is None else (ref,), eval_dataset=eval_ds, callbacks=callbacks,
-                      record=dict(objective=objective, objective_config=cfg, data_report=report))
+                      record=dict(objective=objective, objective_config=cfg, data_report=report, extra=run_info))
     trainer.fit()
     return trainer
 
@@ -387,8 +387,9 @@ def dpo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
         eval_rows=None, # held-out pairs: loss and implicit-reward metrics every `config.eval_every` steps and at the end
         callbacks: list | tuple = (), # see `Trainer`
+        run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
        ) -> Trainer:
     "DPO (or the variant in `dpo.loss`) of `model` on preference `rows` with the shared loop; returns the finished `Trainer`."
     dpo = dpo or DPOConfig()
     kwargs = {"beta": dpo.beta, **({} if dpo.label_smoothing is None else {"label_smoothing": dpo.label_smoothing}), **dpo.loss_kwargs}
-    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, get_loss(dpo.loss), eval_rows, callbacks, "dpo", **kwargs)
+    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, get_loss(dpo.loss), eval_rows, callbacks, "dpo", run_info, **kwargs)

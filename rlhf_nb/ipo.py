@@ -49,7 +49,8 @@ def ipo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
         eval_rows=None, # held-out pairs: loss and implicit-reward metrics every `config.eval_every` steps and at the end
         callbacks: list | tuple = (), # see `Trainer`
+        run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
        ) -> Trainer:
     "IPO of `model` on preference `rows` with the shared loop (DPO's batch function with `ipo_loss`); returns the finished `Trainer`."
     ipo = ipo or IPOConfig()
-    return _fit_preferences(model, tokenizer, rows, config, ipo, ref_model, ipo_loss, eval_rows, callbacks, "ipo", tau=ipo.tau)
+    return _fit_preferences(model, tokenizer, rows, config, ipo, ref_model, ipo_loss, eval_rows, callbacks, "ipo", run_info, tau=ipo.tau)

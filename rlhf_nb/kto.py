@@ -200,6 +200,7 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
         ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
         eval_rows=None, # held-out rows in the same format: KTO's loss and metrics every `config.eval_every` steps and at the end
         callbacks: list | tuple = (), # see `Trainer`
+        run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
        ) -> Trainer:
     "KTO of `model` on labelled (or split paired) `rows` with the shared loop; returns the finished `Trainer`."
     kto, config = kto or KTOConfig(), config or TrainConfig()
@@ -219,6 +220,6 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     trainer = Trainer(model, batch_fn, ds, UnpairedCollator(tokenizer.pad_token_id, kto.max_length), config,
                       tokenizer=tokenizer, frozen=() if ref_model is None else (ref_model,),
                       prepare_step=partial(kto_prepare, ref=ref_model), eval_dataset=eval_ds, callbacks=callbacks,
-                      record=dict(objective="kto", objective_config=kto, data_report=report))
+                      record=dict(objective="kto", objective_config=kto, data_report=report, extra=run_info))
     trainer.fit()
     return trainer

@@ -16,9 +16,10 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TINY_CHAT_TEMPLATE', 'DTYPES', 'tiny_tokenizer', 'tiny_llama', 'ensure_pad_token', 'load_tokenizer',
-           'as_dtype', 'load_causal_lm', 'add_lora', 'is_peft', 'frozen_copy', 'reference_model', 'disable_dropout',
-           'load_scalar_model', 'score_head', 'token_scores', 'last_token_index', 'scalar_scores', 'ModelConfig']
+__all__ = ['SPECIAL_TOKENS', 'TINY_CHAT_TEMPLATE', 'BNB_MIN_VERSION', 'tiny_tokenizer', 'tiny_llama', 'ensure_pad_token',
+           'load_tokenizer', 'as_dtype', 'load_causal_lm', 'add_lora', 'is_peft', 'check_4bit', 'bnb_4bit_config',
+           'frozen_copy', 'reference_model', 'disable_dropout', 'load_scalar_model', 'score_head', 'token_scores',
+           'last_token_index', 'scalar_scores', 'ModelConfig', 'load_policy', 'load_reward_model', 'load_reference']
 
 # %% ../nbs/02_models.ipynb #f49ffaa9
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -165,6 +166,50 @@ def is_peft(model: nn.Module) -> bool:
     from peft import PeftModel
     return isinstance(getattr(model, "module", model), PeftModel)
 
+# %% ../nbs/02_models.ipynb #fa894901
+BNB_MIN_VERSION = "0.46.1"  # the oldest bitsandbytes transformers 5 accepts; its 4-bit layers run on a CPU too
+
+def _bnb_problem(version: str | None, # the installed bitsandbytes version; None when it is not installed
+                ) -> str | None:
+    "What keeps bitsandbytes `version` from serving `load_in_4bit`, with the fix; None when nothing does."
+    fix = f"pip install -U 'bitsandbytes>={BNB_MIN_VERSION}', or set load_in_4bit=False (drop --load-in-4bit)"
+    if version is None: return f"load_in_4bit=True (QLoRA) needs bitsandbytes, which is not installed: {fix}"
+    if Version(version) < Version(BNB_MIN_VERSION):
+        return f"load_in_4bit=True (QLoRA) needs bitsandbytes>={BNB_MIN_VERSION}, found {version}: {fix}"
+    return None
+
+def _installed_version(dist: str) -> str | None:
+    try: return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError: return None
+
+def check_4bit(device: torch.device | str | None = None, # where the model will run; this process's device when None
+              ) -> str:
+    "Raise a clear error unless bitsandbytes can quantise to 4-bit NF4 on `device`; returns its version."
+    version = _installed_version("bitsandbytes")
+    if (why := _bnb_problem(version)) is not None: raise ImportError(why)
+    device = torch.device(device or PartialState().device)
+    try:
+        import bitsandbytes.functional as F
+        F.dequantize_4bit(*F.quantize_4bit(torch.randn(64, 64, device=device), quant_type="nf4"))
+    except Exception as e:
+        raise RuntimeError(f"load_in_4bit=True: bitsandbytes {version} cannot run 4-bit NF4 on {device} ({type(e).__name__}: "
+                           f"{e}). Run where it can (a CUDA GPU, or a CPU with bitsandbytes>={BNB_MIN_VERSION}), or set load_in_4bit=False.") from e
+    return version
+
+# %% ../nbs/02_models.ipynb #f12105d5
+def bnb_4bit_config(compute_dtype: torch.dtype = torch.bfloat16, # the dtype the dequantised matmuls run in
+                   ):
+    "QLoRA's quantisation: NF4 weights in blocks of 64, their scales quantised again (double quantisation)."
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_use_double_quant=True)
+
+def _quantised(kw: dict) -> dict:
+    "`from_pretrained` arguments for a 4-bit base: the quantisation and this process's device (4-bit weights are made where they run)."
+    check_4bit()
+    compute = torch.float16 if kw["dtype"] == torch.float16 else torch.bfloat16
+    return {"quantization_config": bnb_4bit_config(compute), "device_map": {"": PartialState().device}, **kw}
+
 # %% ../nbs/02_models.ipynb #a11989db
 def frozen_copy(model: nn.Module) -> nn.Module:
     "A deep copy of `model` in eval mode with gradients off: a reference policy."
@@ -206,25 +251,29 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/02_models.ipynb #64102e5f
-def load_scalar_model(name_or_path: str, # hub id or local folder: a causal LM (new head) or a saved scalar model
+def load_scalar_model(name_or_path: str, # hub id or local folder: a causal LM (new head), a saved scalar model or its LoRA adapter
                       tokenizer=None, # sets `pad_token_id` (and resizes embeddings) when given
-                      dtype: torch.dtype | str | None = None,
+                      dtype: torch.dtype | str | None = None, # as in `load_causal_lm`
                       zero_init: bool = False, # zero the head (value models)
+                      gradient_checkpointing: bool = False,
+                      attn_implementation: str | None = None,
+                      load_in_4bit: bool = False, # a 4-bit trunk (the head stays in full precision); add adapters to train
                       **kwargs) -> nn.Module:
-    "An LM trunk with a scalar head: a reward or value model."
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=dtype or "auto", **kwargs)
-    if tokenizer is not None:
-        if model.get_input_embeddings().num_embeddings < len(tokenizer): model.resize_token_embeddings(len(tokenizer))
-        model.config.pad_token_id = tokenizer.pad_token_id
+    "An LM trunk with a scalar head: a reward or value model; a LoRA adapter folder is merged into its base."
+    kw = _pretrained_kwargs(dtype, attn_implementation, load_in_4bit, {"num_labels": 1, **kwargs})
+    model = (_merged_adapter(name_or_path, "AutoPeftModelForSequenceClassification", **kw)
+             or AutoModelForSequenceClassification.from_pretrained(name_or_path, **kw))
+    _match_tokenizer(model, tokenizer)
     if zero_init: nn.init.zeros_(score_head(model).weight)
-    return model
+    return _ready(model, load_in_4bit, gradient_checkpointing)
 
 def score_head(model: nn.Module) -> nn.Linear:
     "The scalar head of a sequence-classification model (through peft/DDP wrappers)."
     m = getattr(model, "module", model)
     m = m.get_base_model() if hasattr(m, "get_base_model") else m
     head = m.score
-    return getattr(head, "modules_to_save", {}).get("default", head) if hasattr(head, "modules_to_save") else head
+    copies = getattr(head, "modules_to_save", None)                   # peft keeps a trainable copy of the head
+    return copies["default"] if copies is not None and "default" in copies else head
 
 # %% ../nbs/02_models.ipynb #a82cd97f
 def token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -249,9 +298,7 @@ def scalar_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     s = token_scores(model, input_ids, attention_mask, position_ids)                  # (B, T)
     return s.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 
-# %% ../nbs/02_models.ipynb #4eab4922
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
+# %% ../nbs/02_models.ipynb #60fc3528
 @dataclass
 class ModelConfig:
     "Which model to train and how to load it."
@@ -260,19 +307,72 @@ class ModelConfig:
     dtype: str = "auto"                      # weights' dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16"
     attn_implementation: str | None = None   # "eager", "sdpa", "flash_attention_2", ...; None = transformers' default
     load_in_4bit: bool = False               # QLoRA: the frozen base quantised to 4-bit NF4 by bitsandbytes; needs lora_r > 0
-    gradient_checkpointing: bool = False     # recompute activations in backward: less memory, more compute
+    gradient_checkpointing: bool = False     # recompute activations in backward: less memory, about a third more compute
     lora_r: int = 0                          # rank of the LoRA adapters; 0 = train every weight
     lora_alpha: float | None = None          # LoRA scale α (the update is scaled by α/r); None = 2·lora_r
-    lora_dropout: float = 0.0                # dropout on the LoRA input
+    lora_dropout: float = 0.0                # dropout on the adapters' input
     lora_target_modules: list[str] | None = None  # module names to adapt, e.g. [q_proj, v_proj]; None = every linear layer
     chat_template: str | None = None         # a Jinja chat template file for a tokenizer that has none (saved with the model)
 
     def __post_init__(self):
-        if self.dtype not in DTYPES: raise ValueError(f"ModelConfig.dtype={self.dtype!r}: use one of {', '.join(DTYPES)}.")
-        if self.lora_r < 0: raise ValueError(f"ModelConfig.lora_r={self.lora_r}: use 0 (train every weight) or a positive rank such as 16.")
-        if not 0 <= self.lora_dropout < 1: raise ValueError(f"ModelConfig.lora_dropout={self.lora_dropout}: use a probability in [0, 1), e.g. 0.05.")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"ModelConfig.dtype={self.dtype!r}: use 'auto' (the checkpoint's), {', '.join(map(repr, _DTYPES))}")
+        if self.lora_r < 0: raise ValueError(f"ModelConfig.lora_r={self.lora_r}: use 0 (train every weight) or a rank such as 16")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"ModelConfig.lora_dropout={self.lora_dropout}: use a probability in [0, 1), e.g. 0.05")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
-            raise ValueError(f"ModelConfig.lora_alpha={self.lora_alpha}: use a positive scale such as 2·lora_r, or None for 2·lora_r.")
+            raise ValueError(f"ModelConfig.lora_alpha={self.lora_alpha}: use a positive scale, or None for 2·lora_r")
         if self.load_in_4bit and self.lora_r == 0:
             raise ValueError("ModelConfig.load_in_4bit=True needs lora_r > 0: 4-bit weights are frozen and cannot be trained "
-                             "directly, so QLoRA trains LoRA adapters on top of them. Set lora_r (e.g. 16) or drop load_in_4bit.")
+                             "directly, so QLoRA trains LoRA adapters on top of them. Set lora_r (e.g. 16) or load_in_4bit=False.")
+
+# %% ../nbs/02_models.ipynb #0e1fc7b1
+def _source(name: str) -> str:
+    "A local folder as an absolute path (an adapter saved from it then finds its base from anywhere); a hub id as it is."
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+def _model_source(mc: ModelConfig, path: str | None) -> str:
+    if (path or mc.model) is None:
+        raise ValueError("ModelConfig.model is None: set it to a hub id or a local save_pretrained folder (--model)")
+    return _source(path or mc.model)
+
+def _tokenizer(mc: ModelConfig, src: str):
+    "The model's tokenizer, with `mc.chat_template`'s file as its chat template when given."
+    tok = load_tokenizer(src)
+    if mc.chat_template is not None:
+        if not Path(mc.chat_template).is_file():
+            raise FileNotFoundError(f"ModelConfig.chat_template={mc.chat_template!r} is no file: pass the path of a Jinja chat template (--chat-template FILE)")
+        tok.chat_template = Path(mc.chat_template).read_text()
+    return tok
+
+def _options(mc: ModelConfig) -> dict:
+    return dict(dtype=mc.dtype, attn_implementation=mc.attn_implementation, load_in_4bit=mc.load_in_4bit)
+
+def _lora(mc: ModelConfig, model: nn.Module, task_type: str) -> nn.Module:
+    if mc.lora_r == 0: return model
+    return add_lora(model, r=mc.lora_r, alpha=mc.lora_alpha, dropout=mc.lora_dropout,
+                    target_modules=mc.lora_target_modules, task_type=task_type)
+
+# %% ../nbs/02_models.ipynb #0c2046fd
+def load_policy(mc: ModelConfig, path: str | None = None, # loads `path` instead of `mc.model` when given
+               ) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    "The policy to train and its tokenizer, loaded as `mc` says (LoRA adapters added when `mc.lora_r > 0`)."
+    src = _model_source(mc, path)
+    tok = _tokenizer(mc, src)
+    model = load_causal_lm(src, tokenizer=tok, gradient_checkpointing=mc.gradient_checkpointing, **_options(mc))
+    return _lora(mc, model, "CAUSAL_LM"), tok
+
+def load_reward_model(mc: ModelConfig, path: str | None = None, # loads `path` instead of `mc.model` when given
+                      zero_init: bool = False, # zero the head (a value model)
+                     ) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    "A scalar model to train (reward or value) and its tokenizer, loaded as `mc` says (LoRA with a trainable head when `mc.lora_r > 0`)."
+    src = _model_source(mc, path)
+    tok = _tokenizer(mc, src)
+    model = load_scalar_model(src, tokenizer=tok, zero_init=zero_init, gradient_checkpointing=mc.gradient_checkpointing, **_options(mc))
+    return _lora(mc, model, "SEQ_CLS"), tok
+
+def load_reference(mc: ModelConfig) -> nn.Module | None:
+    "A frozen reference policy from `mc.ref_model` (dtype, attention and 4-bit as the policy), or None when it is not set."
+    if mc.ref_model is None: return None
+    src = _source(mc.ref_model)
+    return load_causal_lm(src, tokenizer=load_tokenizer(src), **_options(mc)).eval().requires_grad_(False)

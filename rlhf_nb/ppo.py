@@ -471,6 +471,7 @@ def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout i
         value_model: nn.Module | str | None = None, # None: the reward model's (else the policy's) trunk, zero head; or "shared"
         eval_rows=None, # held-out prompts: score and KL of one sampled response each, every `config.eval_every` updates and at the end
         callbacks: list | tuple = (), # see `Trainer`
+        run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
        ) -> Trainer:
     "Train `policy` with PPO in the shared loop; returns the finished `Trainer` (`.history`, `.model.policy`, `.kl_ctl`)."
     cfg, train_cfg = ppo_config or PPOConfig(), config or TrainConfig()
@@ -485,7 +486,7 @@ def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout i
                       _loop_config(train_cfg, cfg, len(ds)), tokenizer=tokenizer, frozen=tuple(m for m in (ref, reward_model) if m is not None),
                       experience=ppo_experience(cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref), normalize="tokens",
                       eval_fn=None if eval_ds is None else ppo_evaluator(eval_ds, cfg, tokenizer, kl_ctl, reward_model, reward_fn, ref),
-                      eval_dataset=eval_ds, callbacks=callbacks, record=dict(objective="ppo", objective_config=cfg, data_report=report))
+                      eval_dataset=eval_ds, callbacks=callbacks, record=dict(objective="ppo", objective_config=cfg, data_report=report, extra=run_info))
     trainer.kl_ctl = kl_ctl
     trainer.acc.register_for_checkpointing(_KLState(kl_ctl))
     trainer.fit()

@@ -58,6 +58,7 @@ def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(..
                        config: TrainConfig | None = None, rm: RewardConfig | None = None,
                        eval_rows=None, # held-out pairs: accuracy, margin and loss every `config.eval_every` steps and at the end
                        callbacks: list | tuple = (), # see `Trainer`
+                       run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
                       ) -> Trainer:
     "Fit a Bradley–Terry reward model on preference `rows` with the shared loop; returns the finished `Trainer`."
     rm = rm or RewardConfig()
@@ -67,7 +68,7 @@ def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(..
     fn = lambda model, batch: reward_batch(model, batch, rm.center_coef)
     trainer = Trainer(model, fn, ds, PreferenceCollator(tokenizer.pad_token_id), config or TrainConfig(), tokenizer=tokenizer,
                       eval_dataset=None if eval_rows is None else tok(eval_rows)[0], callbacks=callbacks,
-                      record=dict(objective="rm", objective_config=rm, data_report=report))
+                      record=dict(objective="rm", objective_config=rm, data_report=report, extra=run_info))
     trainer.fit()
     return trainer
 

@@ -68,6 +68,7 @@ def sft(model: nn.Module, # a causal LM (peft or not)
         data: SFTConfig | None = None,
         eval_rows=None, # held-out rows in the same format: evaluated every `config.eval_every` steps and at the end
         callbacks: list | tuple = (), # see `Trainer`: on_step_end, on_log, on_evaluate, on_save, on_train_end
+        run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
        ) -> Trainer:
     "Supervised fine-tuning of `model` on `rows` with the shared loop; returns the finished `Trainer`."
     data = data or SFTConfig()
@@ -78,7 +79,7 @@ def sft(model: nn.Module, # a causal LM (peft or not)
     trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
                       config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows",
                       eval_dataset=None if eval_rows is None else tok(eval_rows)[0], callbacks=callbacks,
-                      record=dict(objective="sft", objective_config=data, data_report=report))
+                      record=dict(objective="sft", objective_config=data, data_report=report, extra=run_info))
     trainer.fit()
     return trainer
 
