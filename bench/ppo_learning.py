@@ -44,14 +44,10 @@ def tokenizer():
     return _TOK
 
 def cli_configs(args: list[str], out: str):
-    "TrainConfig and PPOConfig exactly as `rlhf_nb ppo ARGS` builds them (see `_cmd_ppo` in 40_cli)."
-    from rlhf_nb.cli import parser, _train_config
-    from rlhf_nb.ppo import PPOConfig
-    a = parser().parse_args(["ppo", "--model", "-", "--dataset", "-", "--reward-fn", "m:f", "--output-dir", out, "--quiet", *args])
-    cfg = PPOConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, ppo_epochs=a.ppo_epochs,
-                    num_minibatches=a.num_minibatches, kl_coef=a.kl_coef, kl_target=a.kl_target,
-                    missing_eos_penalty=a.missing_eos_penalty, max_prompt_length=a.max_prompt_length or 256)
-    return _train_config(a), cfg
+    "TrainConfig and PPOConfig exactly as `rlhf_nb ppo ARGS` resolves them (defaults < command defaults < flags)."
+    from rlhf_nb.cli import command_configs
+    c = command_configs(["ppo", "--model", "-", "--dataset", "-", "--reward-fn", "m:f", "--output-dir", out, "--quiet", *args])
+    return c["TrainConfig"], c["PPOConfig"]
 
 @torch.no_grad()
 def evaluate(policy, ref, cfg, n_prompts=64, k=4, seed=1234) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_config.ipynb #0f12f031
 from __future__ import annotations
-import argparse, collections.abc, dataclasses, difflib, importlib, importlib.util, json, re, types, typing
+import argparse, collections.abc, dataclasses, difflib, functools, importlib, importlib.util, json, re, types, typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,7 +55,7 @@ def config_dict(cfg) -> dict:
     names = _registered_names()
     return {f.name: _plain(getattr(cfg, f.name), names) for f in dataclasses.fields(cfg)}
 
-# %% ../nbs/04_config.ipynb #9c79288e
+# %% ../nbs/04_config.ipynb #b2d199e2
 COLUMNS = ("prompt", "chosen", "rejected", "completion", "label", "messages", "text")   # the columns rlhf_nb reads
 
 @dataclass
@@ -74,7 +74,7 @@ class DataConfig:
     messages_key: str | None = None    # the data's column to read as `messages`
     text_key: str | None = None        # the data's column to read as `text`
 
-# %% ../nbs/04_config.ipynb #89271223
+# %% ../nbs/04_config.ipynb #7c4c8a14
 class ConfigError(ValueError):
     "A setting that cannot be used: an unknown key, a wrong type, a value out of range. The message names the key and where it was set."
 
@@ -87,24 +87,27 @@ def load_data(data: DataConfig) -> tuple: # (training rows, held-out rows or Non
     held = data.eval_dataset or (data.dataset if data.eval_split else None)
     return load(data.dataset, data.split), (None if held is None else load(held, data.eval_split or data.split))
 
-# %% ../nbs/04_config.ipynb #740acd74
+# %% ../nbs/04_config.ipynb #03fcb136
 def _default(f: dataclasses.Field):
     if f.default is not dataclasses.MISSING: return f.default
     if f.default_factory is not dataclasses.MISSING: return f.default_factory()
     return dataclasses.MISSING
 
-def config_fields(cls) -> dict: # name -> (type hint, default, help)
+@functools.cache                                                            # docments parses the source: once per class
+def config_fields(cls) -> dict: # name -> (type hint, default, help); shared, do not modify
     "The fields of a config dataclass: each one's type (from the annotations), default and help (the comment beside it)."
     hints, docs = typing.get_type_hints(cls), docments(cls)
     return {f.name: (hints[f.name], _default(f), docs.get(f.name) or "") for f in dataclasses.fields(cls)}
 
-# %% ../nbs/04_config.ipynb #9c37d802
+# %% ../nbs/04_config.ipynb #58131762
 def _kind(hint) -> tuple[str, bool, object]: # (kind, None allowed, list item type)
     "The kind of a field's type: bool, int, float, str, name (str | Callable), list or dict; and whether None is allowed."
     args, origin = typing.get_args(hint), typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         rest = tuple(a for a in args if a is not type(None))
-        if len(rest) < len(args): return _kind(rest[0] if len(rest) == 1 else typing.Union[rest])[:1] + (True,) + _kind(rest[0])[2:]
+        if len(rest) < len(args):                                           # X | None
+            kind, _, item = _kind(rest[0] if len(rest) == 1 else typing.Union[rest])
+            return kind, True, item
         if str in rest and all(a is str or a is Callable or typing.get_origin(a) is collections.abc.Callable for a in rest): return "name", False, None
     if hint in (bool, int, float, str): return hint.__name__, False, None
     if hint is list or origin is list: return "list", False, (args[0] if args else str)
@@ -112,7 +115,7 @@ def _kind(hint) -> tuple[str, bool, object]: # (kind, None allowed, list item ty
     if hint is Callable or origin is collections.abc.Callable: return "name", False, None
     raise TypeError(f"no YAML or command-line form for the type {hint}; use bool, int, float, str, list, dict or str | Callable")
 
-# %% ../nbs/04_config.ipynb #b824cd1f
+# %% ../nbs/04_config.ipynb #3fc46c3d
 def _json_object(s: str) -> dict:
     try: v = json.loads(s)
     except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {s!r}; write an object such as '{{\"enable_thinking\": false}}'")
@@ -130,7 +133,7 @@ _FLAG_TYPES = {"int": int, "float": float, "str": str, "name": str, "dict": _jso
 def _shown(default) -> str:
     return "" if default is None or default is dataclasses.MISSING or default in ({}, []) else f" (default: {default})"
 
-# %% ../nbs/04_config.ipynb #2177eaa5
+# %% ../nbs/04_config.ipynb #a442ba8f
 def _add_bool(g, name: str, flag: str, help: str):
     g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
     if f"--{name}" != flag:                                                # --a_b and --no_a_b, not shown in the help
@@ -143,7 +146,7 @@ def _add_option(g, name: str, hint, help: str):
     flag = f"--{name.replace('_', '-')}"
     if kind == "bool": return _add_bool(g, name, flag, help)
     kw = dict(dest=name, default=argparse.SUPPRESS, metavar=name.upper())
-    if kind == "list": kw.update(nargs="+", type=_FLAG_TYPES[_kind(item)[0]])
+    if kind == "list": kw.update(nargs="+", action="extend", type=_FLAG_TYPES[_kind(item)[0]])   # --x a b, or --x a --x b
     else: kw["type"] = _or_none(_FLAG_TYPES[kind]) if optional and kind not in ("str", "name") else _FLAG_TYPES[kind]
     g.add_argument(flag, help=help, **kw)
     if f"--{name}" != flag: g.add_argument(f"--{name}", help=argparse.SUPPRESS, **kw)
@@ -160,7 +163,7 @@ def add_config_args(parser: argparse.ArgumentParser, # or a sub-command's parser
         _add_option(g, name, hint, (help + _shown((defaults or {}).get(name, default))).replace("%", "%%"))
     return g
 
-# %% ../nbs/04_config.ipynb #424a5c29
+# %% ../nbs/04_config.ipynb #9f15a659
 _SCI = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")     # 5e-6, 1.0e5: numbers to people, strings to YAML 1.1
 
 class _Loader(yaml.SafeLoader):
@@ -176,7 +179,7 @@ class _Dumper(yaml.SafeDumper):
 
 for _c in (_Loader, _Dumper): _c.add_implicit_resolver("tag:yaml.org,2002:float", _SCI, list("-+0123456789"))
 
-# %% ../nbs/04_config.ipynb #812e85e7
+# %% ../nbs/04_config.ipynb #2a1912e2
 def load_config_file(path: str | Path, # a YAML file holding one flat mapping of settings
                     ) -> dict: # field name -> value, as the file wrote it
     "The settings in a YAML config file: one flat mapping of field names (`a-b` read as `a_b`) to values; {} when empty."
@@ -193,7 +196,7 @@ def load_config_file(path: str | Path, # a YAML file holding one flat mapping of
         out[k.replace("-", "_")] = v
     return out
 
-# %% ../nbs/04_config.ipynb #3d2a11e2
+# %% ../nbs/04_config.ipynb #f38365e2
 _TYPES = {"bool": bool, "int": int, "float": (int, float), "str": str, "name": str, "list": (list, tuple), "dict": dict}
 _WANTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "dict": "a mapping",
            "name": "a name (a string such as sigmoid or module:function)"}
@@ -212,9 +215,10 @@ def _typed(value, hint):
     if kind == "name" and callable(value): return value
     if kind == "list" and _is(value, "list") and all(_is(v, _kind(item)[0]) for v in value): return list(value)
     if kind != "list" and _is(value, kind): return float(value) if kind == "float" else value
-    raise TypeError(f"expected {_wanted(hint)}, got {value!r}")
+    quote = " (YAML reads yes/no/on/off as true/false: quote the word, e.g. 'no')" if isinstance(value, bool) and kind in ("str", "name") else ""
+    raise TypeError(f"expected {_wanted(hint)}, got {value!r}{quote}")
 
-# %% ../nbs/04_config.ipynb #04832452
+# %% ../nbs/04_config.ipynb #1800b75e
 def _owners(classes) -> dict:
     "field name -> its class, refusing a name that two classes share (it could not be one flag and one key)."
     owner = {}
@@ -233,13 +237,13 @@ def _check_known(values: dict, owner: dict, source: str, classes):
     bad = []
     for k, v in values.items():
         if k in owner: continue
-        close = difflib.get_close_matches(k, list(owner), n=3)
+        close = difflib.get_close_matches(k, list(owner), n=3, cutoff=0.7)
         bad.append(repr(k) + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "") +
                    (" (settings are one flat mapping, not sections)" if isinstance(v, dict) else ""))
     if bad: raise ConfigError(f"{source if source not in ('flag', 'default') else 'the ' + source + 's'}: unknown key{'s' * (len(bad) > 1)} "
                               f"{', '.join(bad)}; the keys are the fields of {', '.join(c.__name__ for c in classes)}")
 
-# %% ../nbs/04_config.ipynb #5116be10
+# %% ../nbs/04_config.ipynb #6e7cb5c2
 def _build(cls, values: dict, origin: dict):
     "`cls(**values)` for its fields; a `__post_init__` error gains where each setting it names was set."
     mine = {k: v for k, v in values.items() if k in config_fields(cls)}
@@ -260,13 +264,15 @@ def resolve_configs(classes, # the config dataclasses of one command, e.g. [Data
         layer = layer or {}
         _check_known(layer, owner, source, classes)
         for k, v in layer.items():
-            try: values[k], origin[k] = _typed(v, config_fields(owner[k])[0]), source
+            try: values[k], origin[k] = _typed(v, config_fields(owner[k])[k][0]), source
             except TypeError as e: raise ConfigError(f"{_where(k, source)}: {e}") from None
     return {cls.__name__: _build(cls, values, origin) for cls in classes}
 
-# %% ../nbs/04_config.ipynb #bedfaf9f
+# %% ../nbs/04_config.ipynb #82e7bea4
 def _yaml_line(key: str, value, help: str) -> str:
-    text = yaml.dump({key: value}, Dumper=_Dumper, default_flow_style=None, sort_keys=False, allow_unicode=True, width=10**6).rstrip("\n")
+    kw = dict(Dumper=_Dumper, allow_unicode=True, width=10**6)
+    if isinstance(value, (dict, list)) and value: text = f"{key}: " + yaml.dump(value, default_flow_style=True, **kw).strip()   # [q, v] / {k: 1}
+    else: text = yaml.dump({key: value}, default_flow_style=False, **kw).rstrip("\n")
     if not help: return text
     return f"{text}  # {help}" if "\n" not in text else f"# {help}\n{text}"
 

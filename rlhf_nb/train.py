@@ -32,11 +32,11 @@ class TrainConfig:
     batch_size: int = 8                # rows per device per micro-batch
     grad_accum: int = 1                # micro-batches per optimizer step: a step sees batch_size × grad_accum rows per device
     lr: float = 1e-5                   # peak learning rate
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0          # AdamW's decoupled weight decay
     warmup_steps: int = 0              # linear warmup from 0 to `lr`
     schedule: str = "cosine"           # after warmup: "cosine" or "linear" decay to 0, or "constant"
     max_grad_norm: float | None = 1.0  # clip the global gradient norm; None = no clipping
-    seed: int = 0
+    seed: int = 0                      # seeds the model's init, dropout, sampling and the data order
     mixed_precision: str = "no"        # "no", "bf16" or "fp16" (accelerate's autocast)
     fp32_master_weights: bool = True   # trainable bf16/fp16 weights are kept in fp32; False = pure half-precision training (warned)
     disable_dropout: bool = True       # switch dropout off in the trained model (the reference runs without it); False keeps it
@@ -44,7 +44,7 @@ class TrainConfig:
     save_every: int = 0                # checkpoint every N steps; 0 = no intermediate checkpoints
     keep_checkpoints: int = 2          # keep the newest N checkpoints
     resume_from: str | None = None     # a checkpoint folder, or "latest" (newest in output_dir/checkpoints; none = a fresh start)
-    shuffle: bool = True
+    shuffle: bool = True               # a new order of the rows every epoch (seeded)
     progress: bool = True              # tqdm bar on the main process
     log_with: str | None = None        # accelerate trackers, comma-separated: "tensorboard", "wandb", "trackio", ...
     run_name: str | None = None        # the run's name in the trackers (default: the output_dir's folder name)

@@ -10,7 +10,9 @@ them (a `dpo --model runs/sft/final` finds the folder the `sft` before it wrote)
 
 Hub ids cannot be downloaded here, so the few the docs use are swapped for local stand-ins (`HUB`), and the data
 files they name are written into the folder (`DATA`). Both tables are explicit: a command naming a hub id or a data
-file missing from them fails and says which table to extend. Mentions of a command in running text (an inline
+file missing from them fails and says which table to extend. A config file the docs show (a fenced `yaml` block whose
+first line is a comment naming it, `# dpo.yaml`) is written into the folder of the commands of the same file, so a
+documented `--config dpo.yaml` runs the file the reader sees. Mentions of a command in running text (an inline
 `rlhf_nb demo --quick`) are not run, but their sub-command and flags must exist, and every `--reward-fn` the docs name
 must be a function of (prompts, completions)."""
 import argparse, functools, importlib, json, os, re, shlex, subprocess
@@ -69,8 +71,24 @@ def markdown_commands(md: str) -> list[tuple[int, str, bool]]:
               for m in re.finditer(r"(?<!`)`(rlhf_nb\s[^`]+)`", prose)]
     return sorted(found)
 
+def yaml_files(md: str) -> dict[str, str]:
+    "name -> text of each fenced yaml block whose first line is `# NAME.yaml` (a config file the docs show)."
+    out = {}
+    for m in _FENCE.finditer(md):
+        first = m.group(2).lstrip().split("\n", 1)[0]
+        if m.group(1).lower() in ("yaml", "yml") and (name := re.match(r"#\s*([\w.-]+\.ya?ml)\b", first)): out[name.group(1)] = m.group(2)
+    return out
+
+def _doc_markdown(file: str) -> str:
+    "README.md, or a notebook's markdown cells, as one text."
+    if file.endswith(".md"): return (ROOT / file).read_text()
+    return "\n\n".join("".join(c["source"]) for c in json.loads((ROOT / file).read_text())["cells"] if c["cell_type"] == "markdown")
+
 def _required(sub: argparse.ArgumentParser) -> set[str]:
-    return {a.option_strings[0] for a in sub._actions if a.required and a.option_strings}
+    "The options a complete command names: argparse's required ones, and a training command's (checked after its --config file)."
+    from rlhf_nb.cli import REQUIRED
+    training = set(REQUIRED.values()) if "--print-config" in sub._option_string_actions else set()
+    return {a.option_strings[0] for a in sub._actions if a.required and a.option_strings} | training
 
 @functools.cache
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -107,6 +125,7 @@ def test_extraction():
     assert markdown_commands(md) == [(1, "rlhf_nb demo --out d", False), (1, "rlhf_nb demo --quick", False),
                                      (4, "rlhf_nb sft --model m --dataset d.jsonl --output-dir o", True),
                                      (6, "rlhf_nb rm --help", True)]
+    assert yaml_files("```yaml\n# run.yaml\nlr: 1\n```\n```yaml\nlr: 2\n```\n") == {"run.yaml": "# run.yaml\nlr: 1\n"}
     files = {d.file for d in RUNS}
     assert {"README.md", "nbs/40_cli.ipynb"} <= files, files
     assert {d.text.split()[1] for d in RUNS} >= {"sft", "rm", "demo"}, [d.text for d in RUNS]
@@ -206,6 +225,7 @@ def run_doc(doc: Doc, standins: Path, work: Path) -> Result:
     else:
         cwd, failed = work / re.sub(r"\W+", "_", doc.where), []; cwd.mkdir(parents=True)
         for name, rows in DATA.items(): (cwd / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for name, text in yaml_files(_doc_markdown(doc.file)).items(): (cwd / name).write_text(text)
     argv = as_run(doc, standins)
     for flag in ("--dataset", "--eval-dataset"):
         v = _opt(argv, flag)
