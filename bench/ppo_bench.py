@@ -4,7 +4,7 @@ rlhf_nb's sampler vs a bare `model.generate` with the KV cache — the same tiny
 Setting (from the issue): a Llama policy (hidden 256, 4 layers, 4 heads), tiny Llama reward and value models (hidden
 128, 2 layers), 8 prompts × 32 new tokens per update, 4 PPO epochs, 1 minibatch, fp32 on the CPU (or CUDA if present).
 Each variant runs in its own process. Usage:
-    pip install -e ".[dev,bench]"
+    pip install -e ".[dev,bench]" trl==1.12.0     # TRL's PPOTrainer (trl.experimental.ppo) is gone from later releases
     python bench/ppo_bench.py [--updates 6] [--warmup 2]
 """
 import argparse, copy, json, os, statistics, subprocess, sys, time

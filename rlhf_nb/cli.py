@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None):
 def entry():
     "The console script: `main` with bad input reported as one line on stderr and exit code 1, not a traceback."
     try: main()
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:             # OSError: a model or file that cannot be found or read
         print(f"rlhf_nb: error: {e}", file=sys.stderr); sys.exit(1)
 
 # %% ../nbs/40_cli.ipynb #5c9de5c8

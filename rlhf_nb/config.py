@@ -12,7 +12,7 @@ import yaml
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['COLUMNS', 'import_object', 'config_dict', 'DataConfig', 'ConfigError', 'load_data', 'config_fields',
+__all__ = ['COLUMNS', 'import_object', 'config_dict', 'check_ranges', 'DataConfig', 'ConfigError', 'load_data', 'config_fields',
            'add_config_args', 'load_config_file', 'resolve_configs', 'to_yaml']
 
 # %% ../nbs/04_config.ipynb #667a19e9
@@ -54,6 +54,17 @@ def config_dict(cfg) -> dict:
     "A config dataclass as JSON-able data: nested configs as dicts, functions by registered name or `module:qualname`."
     names = _registered_names()
     return {f.name: _plain(getattr(cfg, f.name), names) for f in dataclasses.fields(cfg)}
+
+_RULES = {">0": (lambda v: v > 0, "must be > 0"), ">=0": (lambda v: v >= 0, "must be >= 0"), ">=1": (lambda v: v >= 1, "must be >= 1"),
+          "[0,1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"), "[0,0.5)": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)")}
+
+def check_ranges(cfg, # a config dataclass instance
+                 **rules: str, # field -> ">0", ">=0", ">=1", "[0,1]" or "[0,0.5)"; a None value is not checked
+                ):
+    "Raise a ValueError naming the config, the field, its value and the allowed range for the first value out of range."
+    for name, rule in rules.items():
+        v, (ok, says) = getattr(cfg, name), _RULES[rule]
+        if v is not None and not ok(v): raise ValueError(f"{type(cfg).__name__}.{name}={v!r} {says}")
 
 # %% ../nbs/04_config.ipynb #b2d199e2
 COLUMNS = ("prompt", "chosen", "rejected", "completion", "label", "messages", "text")   # the columns rlhf_nb reads

@@ -333,7 +333,10 @@ class DPOConfig:
     precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
 
-    def __post_init__(self): get_loss(self.loss)                         # an unknown name fails here, not after loading a model
+    def __post_init__(self):
+        from rlhf_nb.config import check_ranges
+        get_loss(self.loss)                                               # an unknown name fails here, not after loading a model
+        check_ranges(self, beta=">0", label_smoothing="[0,0.5)", max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
 
 
 # %% ../nbs/14_dpo.ipynb #9602ce98

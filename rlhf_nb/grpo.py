@@ -182,10 +182,9 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.num_generations={self.num_generations}: a group baseline needs at least 2 responses per prompt")
         if self.loss_aggregation not in ("token", "sequence", "constant"):
             raise ValueError(f"GRPOConfig.loss_aggregation={self.loss_aggregation!r}: choose 'token', 'sequence' or 'constant'")
-        if self.beta < 0: raise ValueError(f"GRPOConfig.beta must be >= 0, got {self.beta}")
-        for name in ("ppo_epochs", "num_minibatches", "max_new_tokens", "max_prompt_length"):
-            if getattr(self, name) < 1: raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.temperature > 0: raise ValueError(f"GRPOConfig.temperature must be > 0, got {self.temperature}")
+        from rlhf_nb.config import check_ranges
+        check_ranges(self, beta=">=0", clip_range=">0", clip_range_high=">0", max_new_tokens=">=1", temperature=">0", top_k=">=1",
+                     top_p="[0,1]", missing_eos_penalty=">=0", max_prompt_length=">=1", ppo_epochs=">=1", num_minibatches=">=1")
 
     @property
     def on_policy(self) -> bool:

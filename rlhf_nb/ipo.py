@@ -40,6 +40,11 @@ class IPOConfig:
     precompute_ref: bool = False          # reference log-probs in one pass before training (with the same reduction)
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
 
+    def __post_init__(self):
+        from rlhf_nb.config import check_ranges
+        check_ranges(self, tau=">0", max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
+
+
 # %% ../nbs/15_ipo.ipynb #67efebd2
 def ipo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft or not)
         tokenizer, # with a pad token

@@ -175,6 +175,11 @@ class KTOConfig:
     precompute_ref: bool = False               # reference log-probs of each row and its mismatched pair in one pass before training
     ref_cache: str | None = None               # with precompute_ref: a folder to load them from, or to write them to
 
+    def __post_init__(self):
+        from rlhf_nb.config import check_ranges
+        check_ranges(self, beta=">0", desirable_weight=">0", undesirable_weight=">0", max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
+
+
 # %% ../nbs/16_kto.ipynb #ee8c0da7
 def _unpaired_rows(rows):
     "Unpaired prompt/completion/label rows as they are; paired prompt/chosen/rejected rows split by `unpair_preferences`."

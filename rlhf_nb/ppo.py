@@ -131,6 +131,10 @@ class PPOConfig:
     whiten_rewards: bool = False         # scale each rollout's per-token rewards to unit variance (mean kept)
 
     def __post_init__(self):
+        from rlhf_nb.config import check_ranges
+        check_ranges(self, max_new_tokens=">=1", temperature=">0", top_k=">=1", top_p="[0,1]", missing_eos_penalty=">=0",
+                     max_prompt_length=">=1", ppo_epochs=">=1", num_minibatches=">=1", clip_range=">0", vf_clip_range=">0",
+                     vf_coef=">=0", gamma="[0,1]", lam="[0,1]", kl_coef=">=0", kl_target=">0", kl_horizon=">0")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"PPOConfig.kl_estimator={self.kl_estimator!r}: choose 'k1' (or, knowingly, 'k2' / 'k3')")
         if self.kl_estimator != "k1":

@@ -53,6 +53,11 @@ class RewardConfig:
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     center_coef: float = 0.0              # η of the centering penalty η·(r_c + r_r)²; 0.01 is a common choice
 
+    def __post_init__(self):
+        from rlhf_nb.config import check_ranges
+        check_ranges(self, center_coef=">=0", max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
+
+
 def train_reward_model(model: nn.Module, # a scalar model: `load_scalar_model(...)` or `tiny_llama(tok, cls=LlamaForSequenceClassification)`
                        tokenizer, rows, # prompt/chosen/rejected rows (strings or messages); optional numeric `margin`
                        config: TrainConfig | None = None, rm: RewardConfig | None = None,

@@ -45,6 +45,8 @@ class SFTConfig:
     from_preferences: str | None = None   # prompt/chosen/rejected rows: "chosen" = SFT on prompt + chosen; "both" = each response a row
 
     def __post_init__(self):
+        from rlhf_nb.config import check_ranges
+        check_ranges(self, max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
         if self.loss_per not in ("sequence", "token"):
             raise ValueError(f"SFTConfig.loss_per={self.loss_per!r}: choose 'sequence' or 'token'")
         if self.from_preferences not in (None, "chosen", "both"):
