@@ -173,14 +173,18 @@ class PPOModelsConfig:
         if self.reward_model is not None and self.reward_fn is not None:
             raise ValueError("PPOModelsConfig: reward_model and reward_fn are both set; pass one of --reward-model DIR or --reward-fn module:function")
 
+def _frozen_reward_model(mc, path: str):
+    "The scalar reward model at `path`, loaded as it was saved (without the policy's LoRA, 4-bit or checkpointing) and frozen."
+    from rlhf_nb.models import load_reward_model
+    plain = dataclasses.replace(mc, lora_r=0, load_in_4bit=False, gradient_checkpointing=False)
+    return load_reward_model(plain, path)[0].eval().requires_grad_(False)
+
 def _reward(pm: PPOModelsConfig, mc) -> tuple:
     "(reward model, reward function): the one `pm` names, loaded; the reward model frozen, without the policy's adapters."
-    from rlhf_nb.models import load_reward_model
     if pm.reward_model is None and pm.reward_fn is None:
         raise ConfigError("ppo: pass one of --reward-model DIR or --reward-fn module:function (or reward_model: / reward_fn: in the --config file)")
     if pm.reward_fn is not None: return None, import_object(pm.reward_fn, "--reward-fn")
-    plain = dataclasses.replace(mc, lora_r=0, load_in_4bit=False, gradient_checkpointing=False)
-    return load_reward_model(plain, pm.reward_model)[0].eval().requires_grad_(False), None
+    return _frozen_reward_model(mc, pm.reward_model), None
 
 def _cmd_ppo(c: dict) -> dict:
     "PPO against a reward model or a Python reward function, on prompt rows."
@@ -206,13 +210,12 @@ class RewardsConfig:
 
 def _critic_free(c: dict, train: Callable) -> dict:
     "GRPO or RLOO: the policy, its reference, the rewards and the data; run `train`."
-    from rlhf_nb.models import load_policy, load_reference, load_reward_model
+    from rlhf_nb.models import load_policy, load_reference
     rs, mc = c["RewardsConfig"], c["ModelConfig"]
     if not rs.reward_fn and rs.reward_model is None:
         raise ConfigError("pass --reward-fn module:function (one or more) and/or --reward-model DIR (or reward_fn: / reward_model: in the --config file)")
     fns = [import_object(f, "--reward-fn") for f in rs.reward_fn or []]
-    plain = dataclasses.replace(mc, lora_r=0, load_in_4bit=False, gradient_checkpointing=False)
-    rm = None if rs.reward_model is None else load_reward_model(plain, rs.reward_model)[0].eval().requires_grad_(False)
+    rm = None if rs.reward_model is None else _frozen_reward_model(mc, rs.reward_model)
     model, tok = load_policy(mc)
     rows, held = load_data(c["DataConfig"])
     trainer = train(model, tok, rows, fns, rm, config=c["TrainConfig"], grpo_config=c["GRPOConfig"], ref_model=load_reference(mc),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from .core import masked_mean
 from .kl import kl_estimate
+from .ppo import _check_batch                             # the (B, T) shape check PPO's losses use
+
 
 # %% auto #0
 __all__ = ['AGGREGATIONS', 'rloo_advantages', 'group_advantages', 'frac_reward_zero_std', 'aggregate_tokens', 'pg_loss',
@@ -59,15 +61,6 @@ def frac_reward_zero_std(rewards: torch.Tensor, # (B,) one reward per response, 
 # %% ../nbs/17_grpo.ipynb #6b8f4656
 AGGREGATIONS = ("token", "sequence", "constant")
 
-def _check_tokens(fn: str, mask: torch.Tensor, **tensors) -> torch.Tensor:
-    "Check that `mask` is (B, T) and every tensor in `tensors` has its shape; return `mask` as bool."
-    if mask.ndim != 2: raise ValueError(f"{fn}: `mask` must be (B, T), True on response tokens; got shape {tuple(mask.shape)}")
-    for name, t in tensors.items():
-        if t.shape != mask.shape:
-            raise ValueError(f"{fn}: `{name}` has shape {tuple(t.shape)} but `mask` has {tuple(mask.shape)}; "
-                             "pass (B, T) tensors in the same column layout")
-    return mask.bool()
-
 def _check_aggregation(fn: str, aggregation: str):
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"{fn}: aggregation={aggregation!r} is not one of {AGGREGATIONS}: 'token' (DAPO), "
@@ -79,7 +72,7 @@ def aggregate_tokens(per_token: torch.Tensor, # (B, T) per-token loss terms
                      aggregation: str = "token", # "token", "sequence" or "constant", see the table above
                     ) -> torch.Tensor: # scalar
     "Reduce per-token terms to a scalar: mean over the batch's tokens, mean of per-row means, or sum / (B·T)."
-    mask = _check_tokens("aggregate_tokens", mask, per_token=per_token)
+    mask = _check_batch("aggregate_tokens", mask, per_token=per_token)
     _check_aggregation("aggregate_tokens", aggregation)
     x, n = torch.where(mask, per_token, 0), mask.sum(-1)                  # (B, T) 0 off the responses; (B,) |o_i|
     if aggregation == "token": return x.sum() / n.sum().clamp(min=1)      # Σ_i Σ_t ℓ / Σ_i |o_i|
@@ -118,7 +111,7 @@ def pg_loss(logps: torch.Tensor, # (B, T) log π_θ of the sampled tokens (with 
             aggregation: str = "token", # "token" (DAPO), "sequence" (GRPO) or "constant" (Dr. GRPO)
            ) -> tuple[torch.Tensor, dict]: # scalar loss; {"clipfrac", "clip_ratio/low_mean", "clip_ratio/high_mean", "approx_kl"}
     "Clipped policy-gradient loss with one advantage per response, max(−Aρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high)), aggregated."
-    mask = _check_tokens("pg_loss", mask, logps=logps, old_logps=old_logps)
+    mask = _check_batch("pg_loss", mask, logps=logps, old_logps=old_logps)
     eps_low, eps_high = _check_pg_args(mask, advantages, clip_range, clip_range_high, aggregation)
     # ρ = π_θ / π_old = exp(log π_θ − log π_old), 1 off the responses
     log_ratio = torch.where(mask, logps - old_logps.detach(), 0)          # (B, T)
@@ -136,7 +129,7 @@ def kl_penalty_k3(logps: torch.Tensor, # (B, T) log π_θ of the sampled tokens 
                  ) -> torch.Tensor: # (B, T), 0 off the mask
     "GRPO's per-token KL term π_ref/π_θ − log(π_ref/π_θ) − 1 (k3), optionally × π_θ/π_old so it differentiates KL(π_θ‖π_ref)."
     extra = {} if old_logps is None else {"old_logps": old_logps}
-    mask = _check_tokens("kl_penalty_k3", mask, logps=logps, ref_logps=ref_logps, **extra)
+    mask = _check_batch("kl_penalty_k3", mask, logps=logps, ref_logps=ref_logps, **extra)
     lp = torch.where(mask, logps, 0)                                      # 0 off the responses: k3 = 0, ρ = 1, no overflow
     k3 = kl_estimate(lp, torch.where(mask, ref_logps.detach(), 0), "k3")  # ℓ = log π_θ − log π_ref; e^{−ℓ} − 1 + ℓ
     if old_logps is None: return k3
@@ -151,7 +144,7 @@ from torch import nn
 from .core import token_logps
 from .models import reference_model, frozen_copy, is_peft, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
-from .train import TrainConfig, Trainer, split_batch
+from .train import TrainConfig, Trainer, split_batch, process_batches, RowMeans
 from .ppo import sample_responses, _texts, rollout_minibatches, _rollout_rng, _loop_config
 
 # %% ../nbs/17_grpo.ipynb #c790c352
@@ -245,6 +238,7 @@ def grpo_rollout(policy: nn.Module, # a causal LM (peft or not), not wrapped by 
                  ref_model: nn.Module | None = None, # the reference (None with a peft policy: adapters off); used when a KL is needed
                  need_ref: bool = False, # compute reference log-probs (beta > 0)
                  chunk: int = 8, # rows per re-scoring forward pass
+                 seq_kl: bool = False, # also Σ_t log π/π_ref per response (needs `need_ref`); RLOO and off-policy runs have it anyway
                 ) -> dict: # per-row tensors for `grpo_batch` (B·k rows) and "metrics"
     "Sample k responses per prompt, score them with every reward, and turn the scores into group-relative advantages."
     k, was_training = cfg.num_generations, policy.training
@@ -263,7 +257,7 @@ def grpo_rollout(policy: nn.Module, # a causal LM (peft or not), not wrapped by 
         m, kl = seq["mask"], None
         if need_ref:
             with reference_model(policy, ref_model) as ref: seq["ref_logps"] = _policy_logps(ref, seq, cfg.temperature, chunk)
-            if cfg.advantage == "rloo" or "old_logps" in seq:              # Σ_t log π/π_ref per response (RLOO's reward needs it)
+            if cfg.advantage == "rloo" or "old_logps" in seq or seq_kl:              # Σ_t log π/π_ref per response (RLOO's reward needs it)
                 lp = seq["old_logps"] if "old_logps" in seq else _policy_logps(policy, seq, cfg.temperature, chunk)
                 kl = torch.where(m, lp - seq["ref_logps"], 0).sum(1)       # (B·k,)
     finally: policy.train(was_training)
@@ -321,27 +315,17 @@ def grpo_evaluator(dataset, # tokenized held-out prompts (`tokenize_prompts`)
                    cfg: GRPOConfig, tokenizer, rewards: list, weights: list[float],
                    ref_model=None, need_ref: bool = False, # KL(π‖π_ref) is reported when a reference is at hand
                    batch_size: int = 16, seed: int = 0) -> Callable:
-    "The `eval_fn` of GRPO's `Trainer`: one sampled response per held-out prompt; its reward (each function's too), length and KL, averaged."
-    collate, one = PromptCollator(tokenizer.pad_token_id), replace(cfg, num_generations=2)   # 2 samples: a group, for the code path
+    "The `eval_fn` of GRPO's `Trainer`: two sampled responses per held-out prompt; its reward (each function's too), length and KL, averaged."
+    collate, two = PromptCollator(tokenizer.pad_token_id), replace(cfg, num_generations=2)   # 2 samples: the smallest group
     def eval_fn(trainer: Trainer) -> dict:
-        acc, policy = trainer.acc, trainer.acc.unwrap_model(trainer.model)
-        P, rank = acc.num_processes, acc.process_index
-        mine, keys, sums = list(range(rank, len(dataset), P)), None, None
+        acc, policy, means = trainer.acc, trainer.acc.unwrap_model(trainer.model), RowMeans()
         devices = [acc.device] if acc.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), acc.autocast():
-            torch.manual_seed(seed + rank)
-            for j in range(math.ceil(math.ceil(len(dataset) / P) / batch_size)):   # the same count on every process
-                idx = mine[j * batch_size:(j + 1) * batch_size]
-                batch = collate([dataset[i] for i in (idx or [0])])
-                batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                ro = grpo_rollout(policy, batch, tokenizer, replace(one, advantage="rloo", beta=1.0 if need_ref else 0.0),
-                                  rewards, weights, ref_model, need_ref, chunk=batch_size)
-                met = {k: v for k, v in ro["metrics"].items() if k not in ("reward_std", "frac_reward_zero_std")}
-                if keys is None: keys, sums = list(met), torch.zeros(len(met) + 1, dtype=torch.float64)
-                w = float(len(idx))                                         # a stand-in batch counts for nothing
-                sums += torch.tensor([float(met[k]) * w for k in keys] + [w], dtype=torch.float64)
-        if P > 1: sums = acc.reduce(sums.to(acc.device), "sum").cpu()
-        return {k: (sums[i] / sums[-1]).item() for i, k in enumerate(keys)}
+            torch.manual_seed(seed + acc.process_index)
+            for batch, rows in process_batches(dataset, collate, batch_size, acc, acc.device):
+                ro = grpo_rollout(policy, batch, tokenizer, two, rewards, weights, ref_model, need_ref, chunk=batch_size, seq_kl=need_ref)
+                means.add({k: v for k, v in ro["metrics"].items() if k not in ("reward_std", "frac_reward_zero_std")}, rows)
+        return means.result(acc)
     return eval_fn
 
 def _rewards(reward_fns, reward_model, weights) -> tuple[list, list[float]]:

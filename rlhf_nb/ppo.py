@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_ppo.ipynb #7ea72bee
 from __future__ import annotations
-import contextlib, copy, math, os, warnings
+import contextlib, copy, os, warnings
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import masked_mean, masked_whiten, token_logps
 from .kl import kl_estimate, kl_penalized_rewards, FixedKLController, AdaptiveKLController
 from .models import reference_model, frozen_copy, is_peft, score_head, token_scores, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
-from .train import TrainConfig, Trainer, split_batch
+from .train import TrainConfig, Trainer, split_batch, process_batches, RowMeans
 
 # %% auto #0
 __all__ = ['gae', 'ppo_policy_loss', 'ppo_value_loss', 'PPOConfig', 'kl_controller', 'truncate_at_stop', 'position_ids_from_mask',
@@ -440,28 +440,19 @@ def ppo_evaluator(dataset, # tokenized held-out prompts (`tokenize_prompts`)
     "The `eval_fn` of PPO's `Trainer`: one sampled response per held-out prompt, its score and its KL(π‖π_ref), averaged over prompts."
     collate = PromptCollator(tokenizer.pad_token_id)
     def eval_fn(trainer: Trainer) -> dict:
-        acc, model = trainer.acc, trainer.acc.unwrap_model(trainer.model)
-        P, rank = acc.num_processes, acc.process_index
-        mine = list(range(rank, len(dataset), P))
-        sums = torch.zeros(5, dtype=torch.float64)                          # Σ score, Σ kl, Σ kl², Σ ended, n
+        acc, model, means = trainer.acc, trainer.acc.unwrap_model(trainer.model), RowMeans()
         devices = [acc.device] if acc.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), acc.autocast():
-            torch.manual_seed(seed + rank)
-            for j in range(math.ceil(math.ceil(len(dataset) / P) / batch_size)):   # the same count on every process
-                idx = mine[j * batch_size:(j + 1) * batch_size]
-                batch = collate([dataset[i] for i in (idx or [0])])
-                batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            torch.manual_seed(seed + acc.process_index)
+            for batch, rows in process_batches(dataset, collate, batch_size, acc, acc.device):
                 ro = rollout(model, batch, tokenizer, cfg, kl_ctl.value, reward_model, reward_fn, ref_model, chunk=batch_size)
                 kl = torch.where(ro["mask"], ro["old_logps"] - ro["ref_logps"], 0).sum(1).double()   # (b,) per sequence
-                w = float(bool(idx))                                        # a stand-in batch counts for nothing
-                sums += w * torch.stack([ro["scores"].double().sum().cpu(), kl.sum().cpu(), (kl ** 2).sum().cpu(),
-                                         ro["ended"].double().sum().cpu(), torch.tensor(float(len(kl)), dtype=torch.float64)])
-        if P > 1: sums = acc.reduce(sums.to(acc.device), "sum").cpu()
-        n = sums[4].clamp(min=1)
-        score, kl, kl2 = sums[0] / n, sums[1] / n, sums[2] / n
-        return {"objective/scores": score.item(), "objective/kl": kl.item(),
-                "objective/kl_std": (kl2 - kl ** 2).clamp(min=0).sqrt().item(),
-                "objective/rlhf_reward": (score - kl_ctl.value * kl).item(), "val/eos_fraction": (sums[3] / n).item()}
+                means.add({"objective/scores": ro["scores"].double().mean(), "objective/kl": kl.mean(), "kl2": (kl ** 2).mean(),
+                           "val/eos_fraction": ro["ended"].double().mean()}, rows)
+        m = means.result(acc)
+        m["objective/kl_std"] = max(m.pop("kl2") - m["objective/kl"] ** 2, 0.0) ** 0.5
+        m["objective/rlhf_reward"] = m["objective/scores"] - kl_ctl.value * m["objective/kl"]
+        return m
     return eval_fn
 
 def ppo(policy: nn.Module, # the causal LM to train (peft or not); its dropout is switched off

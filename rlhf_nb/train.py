@@ -20,7 +20,8 @@ from .models import disable_dropout
 
 # %% auto #0
 __all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'process_state', 'MicroBatches', 'split_batch',
-           'loss_weights', 'Trainer', 'train', 'evaluate', 'prompt_ids', 'Callback', 'EarlyStopping']
+           'loss_weights', 'Trainer', 'train', 'process_batches', 'RowMeans', 'evaluate', 'prompt_ids', 'Callback',
+           'EarlyStopping']
 
 # %% ../nbs/03_train.ipynb #3e27dfb4
 @dataclass
@@ -468,6 +469,31 @@ def train(model: nn.Module, # the model to optimise (a transformers or peft mode
     return trainer
 
 # %% ../nbs/03_train.ipynb #0f37f6f3
+def process_batches(dataset, # rows `collate_fn` takes (a list or a 🤗 Dataset)
+                    collate_fn: Callable, batch_size: int,
+                    accelerator: Accelerator | None = None, # None: every row, on this process
+                    device=None, # where the batches' tensors go
+                   ):
+    "Yield (batch, real rows) over this process's share of `dataset` (row i to process i mod P), the same number of batches on every process."
+    if len(dataset) == 0: raise ValueError("the evaluation dataset is empty")
+    P, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    mine = list(range(rank, len(dataset), P))
+    for j in range(math.ceil(math.ceil(len(dataset) / P) / batch_size)):  # the same count on every process
+        idx = mine[j * batch_size:(j + 1) * batch_size]
+        batch = collate_fn([dataset[i] for i in (idx or [0])])           # no rows left: a stand-in, counted 0
+        yield {k: v.to(device) if torch.is_tensor(v) and device is not None else v for k, v in batch.items()}, len(idx)
+
+class RowMeans:
+    "Means over rows of scalar metrics given per batch: `add(metrics, rows)`, then `result(accelerator)` adds up the processes."
+    def __init__(self): self.keys, self.sums = None, None
+    def add(self, metrics: dict, rows: int):
+        if self.keys is None: self.keys, self.sums = list(metrics), torch.zeros(len(metrics) + 1, dtype=torch.float64)
+        self.sums += torch.tensor([float(metrics[k]) * rows for k in self.keys] + [float(rows)], dtype=torch.float64)
+    def result(self, accelerator: Accelerator | None = None) -> dict:
+        s = self.sums
+        if accelerator is not None and accelerator.num_processes > 1: s = accelerator.reduce(s.to(accelerator.device), "sum").cpu()
+        return {k: (s[i] / s[-1]).item() for i, k in enumerate(self.keys)}
+
 @torch.no_grad()
 def evaluate(model: nn.Module, # the model `batch_fn` runs
              batch_fn: Callable, # (model, batch) -> (loss, metrics)
@@ -478,28 +504,15 @@ def evaluate(model: nn.Module, # the model `batch_fn` runs
              accelerator: Accelerator | None = None, # shard the rows over its processes and add up the results
             ) -> dict:
     "Metrics of `batch_fn` averaged over `dataset`'s rows (loss included), without gradients, in eval mode."
-    if len(dataset) == 0: raise ValueError("evaluate: the dataset is empty")
-    was_training, dev = model.training, next(model.parameters()).device
-    P, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
-    mine = list(range(rank, len(dataset), P))
-    n_batches = math.ceil(math.ceil(len(dataset) / P) / batch_size)          # the same on every process
+    was_training, means = model.training, RowMeans()
     model.eval()
-    totals, keys = None, None
     try:
-        for j in range(n_batches):
-            idx = mine[j * batch_size:(j + 1) * batch_size]
-            batch = collate_fn([dataset[i] for i in (idx or [0])])           # no rows left: a stand-in at weight 0
-            batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        for batch, rows in process_batches(dataset, collate_fn, batch_size, accelerator, next(model.parameters()).device):
             if prepare is not None: batch = prepare(batch)
             loss, metrics = batch_fn(model, batch)
-            vals = {"loss": loss, **metrics}
-            if keys is None: keys, totals = list(vals), torch.zeros(len(vals) + 1, dtype=torch.float64)
-            w = float(len(idx))
-            totals += torch.tensor([float(vals[k]) * w for k in keys] + [w], dtype=torch.float64)
+            means.add({"loss": loss, **metrics}, rows)
     finally: model.train(was_training)
-    if accelerator is not None and P > 1:
-        totals = accelerator.reduce(totals.to(accelerator.device), "sum").cpu()
-    return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
+    return means.result(accelerator)
 
 @patch
 def evaluate(self: Trainer) -> dict:
