@@ -4,12 +4,14 @@
 
 # %% ../nbs/23_verifiable.ipynb #02523984
 from __future__ import annotations
-import random, tempfile, time
-from dataclasses import dataclass
+import copy, html, json, random, statistics, tempfile, time
+from dataclasses import dataclass, field, asdict, replace
+from pathlib import Path
 from typing import NamedTuple
 import torch
 from torch import nn
 from tokenizers import Tokenizer, Regex, decoders, models as tk_models, pre_tokenizers
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 from .data import tokenize_prompts, PromptCollator
 from .models import tiny_llama
@@ -18,10 +20,12 @@ from .sft import sft, SFTConfig
 from .train import TrainConfig, Trainer, Callback
 
 # %% auto #0
-__all__ = ['ARITHMETIC_SPECIAL_TOKENS', 'END_OF_ANSWER', 'n_problems', 'problem_row', 'Splits', 'make_splits', 'carries',
-           'sft_rows', 'arithmetic_tokenizer', 'parse_answer', 'exact_match', 'arithmetic_policy',
-           'generate_completions', 'answer_budget', 'accuracy', 'StopAtAccuracy', 'ArithmeticConfig', 'WarmStart',
-           'warm_start', 'pass_stats', 'sample_rewards']
+__all__ = ['ARITHMETIC_SPECIAL_TOKENS', 'END_OF_ANSWER', 'ARITHMETIC_METHODS', 'n_problems', 'problem_row', 'Splits',
+           'make_splits', 'carries', 'sft_rows', 'arithmetic_tokenizer', 'parse_answer', 'exact_match',
+           'arithmetic_policy', 'generate_completions', 'answer_budget', 'accuracy', 'StopAtAccuracy',
+           'ArithmeticConfig', 'WarmStart', 'warm_start', 'pass_stats', 'sample_rewards', 'ArithmeticDemoConfig',
+           'evaluate_arithmetic', 'HeldOutAccuracy', 'run_arithmetic_demo', 'arithmetic_summary', 'arithmetic_figure',
+           'arithmetic_report']
 
 # %% ../nbs/23_verifiable.ipynb #dfc3597a
 def n_problems(digits: int) -> int:
@@ -268,3 +272,199 @@ def sample_rewards(model: nn.Module, tokenizer, rows: list[dict], # problem rows
     comps = generate_completions(model, tokenizer, prompts, n=k, do_sample=True, temperature=temperature, seed=seed,
                                  max_new_tokens=max_new_tokens or answer_budget(tokenizer, rows), batch_size=batch_size)
     return [exact_match([p] * k, cs, [r["answer"]] * k) for p, cs, r in zip(prompts, comps, rows)]
+
+# %% ../nbs/23_verifiable.ipynb #a91fdecd
+ARITHMETIC_METHODS = {   # name → how its GRPOConfig differs from the default (group mean/std advantages, per-token mean)
+    "grpo": dict(advantage="grpo"),
+    "rloo": dict(advantage="rloo"),
+    "dr_grpo": dict(advantage="grpo", scale_rewards=False, loss_aggregation="constant"),
+}
+
+@dataclass
+class ArithmeticDemoConfig:
+    "Sizes and knobs of `rlhf_nb demo --task arithmetic` (defaults: the full run; `quick()` and `tiny()` the others)."
+    methods: tuple = ("grpo", "rloo", "dr_grpo")  # each a key of ARITHMETIC_METHODS, trained from the same warm start
+    updates: int = 3000                # RL updates per method
+    prompts_per_update: int = 16       # problems per update, each sampled `num_generations` times
+    num_generations: int = 8           # the group a baseline comes from
+    lr: float = 3e-4                   # constant: no warmup, no decay
+    beta: float = 0.0                  # KL to the warm start (GRPO: k3 in the loss; RLOO: in the reward); 0 = none, still measured
+    eval_every: int = 250              # updates between held-out checks: greedy accuracy, sampled reward, mean KL
+    n_kl_samples: int = 4              # sampled answers per held-out problem for the final reward and KL
+    pass_k: int = 8                    # samples per held-out problem for pass@k
+    n_examples: int = 10               # held-out problems shown in the report
+    min_gain: float | None = 0.2       # target: each method's held-out accuracy at least this far above the warm start's; None = none
+    seed: int = 0                      # problems, weights, data order and sampling (overrides task.seed)
+    task: ArithmeticConfig = field(default_factory=ArithmeticConfig)  # problems and the SFT warm start
+
+    def __post_init__(self):
+        bad = [m for m in self.methods if m not in ARITHMETIC_METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"ArithmeticDemoConfig.methods={self.methods!r}: choose one or more of {sorted(ARITHMETIC_METHODS)}")
+        from rlhf_nb.config import check_ranges
+        if self.num_generations < 2:
+            raise ValueError(f"ArithmeticDemoConfig.num_generations={self.num_generations}: a group baseline needs at least 2 samples")
+        check_ranges(self, updates=">=1", prompts_per_update=">=1", lr=">0", beta=">=0", eval_every=">=1",
+                     n_kl_samples=">=1", pass_k=">=1", n_examples=">=0")
+        if self.prompts_per_update > self.task.n_train:
+            raise ValueError(f"ArithmeticDemoConfig.prompts_per_update={self.prompts_per_update} exceeds task.n_train={self.task.n_train}")
+
+    @classmethod
+    def quick(cls):
+        "The `--quick` setting: GRPO and RLOO, 1,500 updates each (a few minutes on a 2-core CPU)."
+        return cls(methods=("grpo", "rloo"), updates=1500)
+
+    @classmethod
+    def tiny(cls):
+        "A smoke test for CI: every stage on sizes too small to learn anything."
+        return cls(methods=("grpo", "rloo"), updates=4, prompts_per_update=4, num_generations=2, eval_every=2, n_kl_samples=2,
+                   pass_k=2, n_examples=3, min_gain=None,
+                   task=ArithmeticConfig(n_train=64, n_val=0, n_eval=16, sft_steps=8, target_accuracy=None, batch_size=16))
+
+# %% ../nbs/23_verifiable.ipynb #9099635f
+def evaluate_arithmetic(policy: nn.Module, # the policy to score
+                        reference: nn.Module, # the KL is measured against it (the warm start)
+                        tokenizer, rows: list[dict], # problem rows {prompt, answer}
+                        n_kl_samples: int = 4, # sampled answers per problem for pass@1 and the KL
+                        pass_k: int = 8, # samples per problem for pass@k
+                        seed: int = 0,
+                       ) -> dict:
+    "Greedy accuracy, pass@1 (± 95% CI) and pass@k, and the mean KL(π‖π_ref) per sequence (± 95% CI, median, p95)."
+    from rlhf_nb.demo import evaluate_policy
+    prompts, n = [r["prompt"] for r in rows], n_kl_samples
+    answers = [r["answer"] for r in rows for _ in range(n)]                 # the sampler keeps each prompt's n samples together
+    checker = lambda texts: exact_match([""] * len(texts), texts, answers)
+    ev = evaluate_policy(policy, reference, tokenizer, prompts, oracle=checker, n_samples=n,
+                         max_new_tokens=answer_budget(tokenizer, rows), kl_limit=None, seed=seed)
+    ev["pass@1"], ev["pass@1_ci95"] = ev.pop("oracle_reward"), ev.pop("oracle_reward_ci95")
+    for k in ("kl_flag", "examples"): ev.pop(k)
+    ev[f"pass@{pass_k}"] = pass_stats(sample_rewards(policy, tokenizer, rows, k=pass_k, seed=seed))["pass@k"]
+    return {"accuracy": accuracy(policy, tokenizer, rows), **ev}
+
+# %% ../nbs/23_verifiable.ipynb #987de98c
+class HeldOutAccuracy(Callback):
+    "At each of the loop's evaluations, greedy accuracy on `rows` beside the loop's sampled reward and mean KL: the curve in `.curve`."
+    def __init__(self, tokenizer, rows: list[dict]): # held-out problem rows {prompt, answer}
+        self.tokenizer, self.rows, self.curve = tokenizer, rows, []
+    def on_evaluate(self, trainer: Trainer, metrics: dict):
+        self.curve.append({"update": trainer.step, "accuracy": accuracy(trainer.acc.unwrap_model(trainer.model), self.tokenizer, self.rows),
+                           "pass@1": metrics.get("eval/reward"), "kl_mean": metrics.get("eval/objective/kl")})
+
+# %% ../nbs/23_verifiable.ipynb #2030018e
+def _train_method(method: str, start: nn.Module, ws: WarmStart, cfg: ArithmeticDemoConfig, out: Path, progress: bool):
+    "One critic-free run from a copy of the warm start: (trained policy, its curve, seconds)."
+    from rlhf_nb.grpo import grpo, GRPOConfig
+    gc = GRPOConfig(num_generations=cfg.num_generations, beta=cfg.beta, max_new_tokens=answer_budget(ws.tokenizer, ws.splits.held_out),
+                    **ARITHMETIC_METHODS[method])
+    tc = TrainConfig(output_dir=str(out / method), max_steps=cfg.updates, batch_size=cfg.prompts_per_update, lr=cfg.lr,
+                     warmup_steps=0, schedule="constant", seed=cfg.seed, progress=progress, eval_every=cfg.eval_every,
+                     log_every=max(1, cfg.updates // 100))
+    probe, t0 = HeldOutAccuracy(ws.tokenizer, ws.splits.held_out), time.perf_counter()
+    tr = grpo(copy.deepcopy(start), ws.tokenizer, ws.splits.train, reward_fns=exact_match, config=tc, grpo_config=gc,
+              ref_model=ws.policy, eval_rows=ws.splits.held_out, callbacks=[probe],
+              run_info={"data": {"task": "arithmetic", "digits": cfg.task.digits, "n_train": cfg.task.n_train, "seed": cfg.seed}})
+    return tr.acc.unwrap_model(tr.model), probe.curve, time.perf_counter() - t0
+
+def _examples(ws: WarmStart, policies: dict, n: int) -> list[dict]:
+    "The first `n` held-out problems: reference answer and each policy's greedy answer."
+    rows = ws.splits.held_out[:n]
+    if not rows: return []
+    prompts = [r["prompt"] for r in rows]
+    got = {m: [c[0] for c in generate_completions(p, ws.tokenizer, prompts)] for m, p in policies.items()}
+    return [{"prompt": r["prompt"], "answer": r["answer"], **{m: got[m][i] for m in policies}} for i, r in enumerate(rows)]
+
+def run_arithmetic_demo(out: str | Path, # output folder: metrics.json, report.html, and each run's folder
+                        config: ArithmeticDemoConfig | None = None, progress: bool = True) -> dict:
+    "The verifiable-reward demo end to end: warm start, each critic-free method, held-out scores; writes metrics.json and report.html."
+    cfg, out = config or ArithmeticDemoConfig(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    bar = tqdm(total=2 + len(cfg.methods), disable=not progress, desc="warm start")
+    ws = warm_start(replace(cfg.task, seed=cfg.seed), output_dir=str(out / "sft"))
+    start = copy.deepcopy(ws.policy)                                        # the copy each method starts from; ws.policy stays the reference
+    ev = lambda m: evaluate_arithmetic(m, ws.policy, ws.tokenizer, ws.splits.held_out, cfg.n_kl_samples, cfg.pass_k, cfg.seed)
+    sft_ev = ev(ws.policy); bar.update(1)
+    metrics = {"sft": {**sft_ev, "seconds": ws.seconds, "steps": ws.trainer.step, "checks": ws.checks,
+                       "curve": [{"update": 0, "accuracy": sft_ev["accuracy"], "pass@1": sft_ev["pass@1"], "kl_mean": 0.0}]}}
+    policies = {"sft": ws.policy}
+    for m in cfg.methods:
+        bar.set_description(m)
+        policy, curve, secs = _train_method(m, start, ws, cfg, out, progress=False)
+        metrics[m] = {**ev(policy.eval()), "seconds": secs, "curve": metrics["sft"]["curve"][:1] + curve}
+        policies[m] = policy; bar.update(1)
+    bar.set_description("report")
+    metrics["examples"] = _examples(ws, policies, cfg.n_examples)
+    if cfg.min_gain is not None:
+        checks = [dict(check=f"{m} held-out accuracy − warm start's ≥ {cfg.min_gain:g}", value=metrics[m]["accuracy"] - sft_ev["accuracy"],
+                       target=cfg.min_gain, ok=bool(metrics[m]["accuracy"] - sft_ev["accuracy"] >= cfg.min_gain)) for m in cfg.methods]
+        metrics["targets"] = {"checks": checks, "all_met": all(c["ok"] for c in checks)}
+    metrics.update(config=asdict(cfg), total_seconds=time.perf_counter() - t_all)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "report.html").write_text(arithmetic_report(metrics))
+    bar.update(1); bar.close()
+    print(arithmetic_summary(metrics))
+    return metrics
+
+# %% ../nbs/23_verifiable.ipynb #a9a94c82
+def _methods_in(metrics: dict) -> list[str]:
+    return ["sft"] + [m for m in metrics.get("config", {}).get("methods", ARITHMETIC_METHODS) if m in metrics]
+
+def arithmetic_summary(metrics: dict) -> str:
+    "A plain-text table per policy: held-out greedy accuracy, pass@1 and pass@k, mean KL (± 95% CI), median and p95 KL; then the targets."
+    k = metrics.get("config", {}).get("pass_k", 8)
+    lines = [f"{'method':<8} {'accuracy':>8} {'pass@1':>7} {f'pass@{k}':>7} {'KL mean ± CI95':>15} {'KL med':>7} {'KL p95':>7} {'sec':>6}"]
+    for m in _methods_in(metrics):
+        r = metrics[m]
+        lines.append(f"{m:<8} {r['accuracy']:>8.3f} {r['pass@1']:>7.3f} {r[f'pass@{k}']:>7.3f} {r['kl_mean']:>7.2f} ± {r['kl_ci95']:<5.2f} "
+                     f"{r['kl_median']:>7.2f} {r['kl_p95']:>7.2f} {r['seconds']:>6.0f}")
+    lines.append(f"held-out problems: {metrics['sft']['n_samples'] // metrics['config']['n_kl_samples']}; "
+                 f"warm start stopped at SFT step {metrics['sft']['steps']}; total {metrics['total_seconds']:.0f} s")
+    for t in metrics.get("targets", {}).get("checks", []):
+        lines.append(f"target {'met   ' if t['ok'] else 'MISSED'} {t['check']}: {t['value']:.3f}")
+    return "\n".join(lines)
+
+_COLORS = {"sft": "#7f7f7f", "grpo": "#2ca02c", "rloo": "#9467bd", "dr_grpo": "#17becf"}
+
+def arithmetic_figure(metrics: dict): # as written to metrics.json by `run_arithmetic_demo`
+    "Plotly figure: held-out greedy accuracy and mean KL from the warm start against RL updates, one line per method."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("held-out accuracy (greedy)", "mean KL(π ‖ π_SFT) per sequence (nats)"))
+    for m in _methods_in(metrics)[1:]:
+        c = metrics[m]["curve"]
+        for col, key in ((1, "accuracy"), (2, "kl_mean")):
+            fig.add_trace(go.Scatter(x=[p["update"] for p in c], y=[p[key] for p in c], name=m.upper(), legendgroup=m,
+                                     showlegend=col == 1, mode="lines+markers", line=dict(color=_COLORS.get(m))), row=1, col=col)
+    fig.add_hline(y=metrics["sft"]["accuracy"], line_dash="dot", line_color=_COLORS["sft"], annotation_text="warm start", row=1, col=1)
+    fig.update_xaxes(title_text="RL update")
+    fig.update_layout(title="Addition: accuracy and KL over training", height=420, template="plotly_white")
+    return fig
+
+def arithmetic_report(metrics: dict) -> str:
+    "A self-contained HTML report of the arithmetic demo: curves (plotly.js embedded), results table, targets, examples."
+    fig = arithmetic_figure(metrics).to_html(include_plotlyjs=True, full_html=False, default_width="100%")
+    methods, k = _methods_in(metrics), metrics["config"]["pass_k"]
+    row = lambda m, r: (f"<tr><td>{m.upper()}</td><td>{r['accuracy']:.3f}</td><td>{r['pass@1']:.3f} ± {r['pass@1_ci95']:.3f}</td>"
+                        f"<td>{r[f'pass@{k}']:.3f}</td><td>{r['kl_mean']:.2f} ± {r['kl_ci95']:.2f}</td><td>{r['kl_median']:.2f}</td>"
+                        f"<td>{r['kl_p95']:.2f}</td><td>{r['seconds']:.0f}</td></tr>")
+    table = ("<table><tr><th>method</th><th>accuracy (greedy)</th><th>pass@1 ± 95% CI</th>"
+             f"<th>pass@{k}</th><th>KL mean ± 95% CI</th><th>KL median</th><th>KL p95</th><th>seconds</th></tr>"
+             + "".join(row(m, metrics[m]) for m in methods) + "</table>")
+    t = metrics.get("targets")
+    targets = "" if not t else (f"<h2>Targets: {'all met' if t['all_met'] else 'not all met'}</h2><table><tr><th>target</th><th>value</th><th></th></tr>"
+                                + "".join(f"<tr><td>{html.escape(c['check'])}</td><td>{c['value']:.3f}</td><td>{'✓ met' if c['ok'] else '✗ missed'}</td></tr>"
+                                          for c in t["checks"]) + "</table>")
+    mark = lambda e, m: f"{html.escape(e[m]) or '∅'} {'✓' if parse_answer(e[m]) == str(e['answer']) else '✗'}"
+    examples = ("<table><tr><th>problem</th><th>answer</th>" + "".join(f"<th>{m.upper()}</th>" for m in methods) + "</tr>"
+                + "".join(f"<tr><td>{html.escape(e['prompt'])}</td><td>{e['answer']}</td>" + "".join(f"<td>{mark(e, m)}</td>" for m in methods)
+                          + "</tr>" for e in metrics.get("examples", [])) + "</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}")
+    n = metrics["sft"]["n_samples"] // metrics["config"]["n_kl_samples"]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf_nb arithmetic report</title><style>{style}</style></head><body>"
+            f"<h1>Verifiable rewards: two-digit addition</h1><p>An SFT warm start stopped early, then each critic-free method trained "
+            f"against an exact-match checker (reward 1 or 0). Every policy is scored on {n} held-out problems: greedy accuracy, "
+            f"pass@1 (mean reward of a sampled answer) and pass@{k}, and the mean KL from the warm start (±: 95% confidence intervals "
+            f"over problems). Total time: {metrics.get('total_seconds', 0):.0f} s.</p>"
+            f"{fig}<h2>Results</h2>{table}{targets}<h2>Held-out examples (greedy)</h2>{examples}</body></html>")

@@ -235,29 +235,43 @@ def _cmd_rloo(c: dict) -> dict:
 
 # %% ../nbs/40_cli.ipynb #a4fb8499
 def _cmd_demo(a):
-    "Run the controlled-sentiment pipeline."
-    from rlhf_nb.demo import run_demo, DemoConfig
-    cfg = DemoConfig.tiny() if a.tiny else DemoConfig.quick() if a.quick else DemoConfig()
-    cfg.seed = a.seed
-    for k in ("model", "dataset", "oracle"):                                # a real model / data / classifier (GPU)
-        if getattr(a, k): setattr(cfg, k, getattr(a, k))
+    "Run an embedded demo: the controlled-sentiment pipeline or the verifiable-reward (addition) one."
     # a 0.5M-parameter model gains little from intra-op threads, and they slow to a crawl when the cores are shared
+    if a.task == "arithmetic":
+        swapped = [f"--{k}" for k in ("model", "dataset", "oracle") if getattr(a, k)]
+        if swapped: raise ValueError(f"demo --task arithmetic: {', '.join(swapped)} only apply to --task sentiment")
+        from rlhf_nb.arithmetic import run_arithmetic_demo, ArithmeticDemoConfig
+        cfg = ArithmeticDemoConfig.tiny() if a.tiny else ArithmeticDemoConfig.quick() if a.quick else ArithmeticDemoConfig()
+        run = run_arithmetic_demo
+    else:
+        from rlhf_nb.demo import run_demo, DemoConfig
+        cfg = DemoConfig.tiny() if a.tiny else DemoConfig.quick() if a.quick else DemoConfig()
+        for k in ("model", "dataset", "oracle"):                            # a real model / data / classifier (GPU)
+            if getattr(a, k): setattr(cfg, k, getattr(a, k))
+        run = run_demo
+    cfg.seed = a.seed
+    if a.quiet:                                                             # no bars at all, transformers' save bars included
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     if not torch.cuda.is_available(): torch.set_num_threads(a.threads or 1)
-    m = run_demo(a.out, cfg, progress=not a.quiet)
+    m = run(a.out, cfg, progress=not a.quiet)
     print(f"report: {Path(a.out) / 'report.html'}")
     return m
 
 def _add_demo(sub):
-    m = sub.add_parser("demo", help="the controlled-sentiment demo on a CPU: SFT, RM, PPO, DPO, IPO, KTO and a report",
-                       description="The DPO paper's controlled-sentiment experiment at laptop size: writes OUT/metrics.json "
-                       "and OUT/report.html. Full run: a sweep per method (tens of minutes); --quick: one setting each (minutes).")
+    m = sub.add_parser("demo", help="an embedded demo on a CPU: controlled sentiment (SFT, RM, PPO, GRPO, RLOO, DPO, IPO, KTO) "
+                       "or addition with a verifiable reward (GRPO, RLOO)",
+                       description="--task sentiment (default): the DPO paper's controlled-sentiment experiment at laptop size. "
+                       "--task arithmetic: GRPO and RLOO against an exact-match checker on two-digit addition. Both write "
+                       "OUT/metrics.json and OUT/report.html. --quick: one setting each (minutes); the full run takes longer.")
     m.add_argument("--out", required=True, help="output folder")
+    m.add_argument("--task", choices=("sentiment", "arithmetic"), default="sentiment", help="which demo (default: sentiment)")
     m.add_argument("--quick", action="store_true", help="one setting per method, a few minutes on a 2-core CPU")
     m.add_argument("--tiny", action="store_true", help="smoke test: every stage on sizes too small to learn (for CI)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--model", help="a causal LM (hub id or folder) instead of the tiny policy, e.g. gpt2 on a GPU")
-    m.add_argument("--dataset", help="reviews with a `text` column instead of the grammar, e.g. stanfordnlp/imdb")
-    m.add_argument("--oracle", help="a sentiment classifier (hub id or folder) instead of VADER")
+    m.add_argument("--model", help="sentiment: a causal LM (hub id or folder) instead of the tiny policy, e.g. gpt2 on a GPU")
+    m.add_argument("--dataset", help="sentiment: reviews with a `text` column instead of the grammar, e.g. stanfordnlp/imdb")
+    m.add_argument("--oracle", help="sentiment: a sentiment classifier (hub id or folder) instead of VADER")
     m.add_argument("--threads", type=int, help="torch CPU threads on a CPU-only machine (default: 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(fn=_cmd_demo)

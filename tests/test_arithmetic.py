@@ -113,3 +113,58 @@ def test_the_rl_trainer_hands_the_answer_column_to_the_checker(ws):
     assert 0 < sum(rewards) < len(rewards)
     logged = [h["reward"] for h in tr.history if "reward" in h]
     assert logged == pytest.approx([sum(exact_match(*s)) / 32 for s in seen])
+
+# ---------------------------------------------------------------- the demo, as a user runs it
+import json, os, shutil, subprocess
+from pathlib import Path
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    "`rlhf_nb demo --task arithmetic --tiny`: every stage on sizes too small to learn (seconds)."
+    out = tmp_path_factory.mktemp("arith-demo") / "run"
+    r = subprocess.run(["rlhf_nb", "demo", "--task", "arithmetic", "--out", str(out), "--tiny", "--quiet", "--seed", "3"],
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "KL mean ± CI95" in r.stdout and "warm start stopped at SFT step" in r.stdout and "report:" in r.stdout
+    return out
+
+def test_demo_metrics(demo_dir):
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    assert m["config"]["seed"] == 3 and m["config"]["methods"] == ["grpo", "rloo"]
+    n = m["config"]["task"]["n_eval"]
+    for k in ("sft", "grpo", "rloo"):
+        r = m[k]
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["pass@1"] <= r["pass@2"] <= 1
+        assert r["kl_ci95"] >= 0 and r["kl_p95"] >= r["kl_median"] and r["n_samples"] == n * m["config"]["n_kl_samples"]
+        assert r["accuracy"] * n == pytest.approx(round(r["accuracy"] * n))      # a share of the n held-out problems
+    assert abs(m["sft"]["kl_mean"]) < 1e-5                                        # the warm start against itself
+    for k in ("grpo", "rloo"):                                                    # update 0, then every eval_every and the end
+        assert [p["update"] for p in m[k]["curve"]] == [0, 2, 4] and m[k]["curve"][0]["accuracy"] == m["sft"]["accuracy"]
+        assert m[k]["curve"][-1]["accuracy"] == m[k]["accuracy"]                 # the last check is the final policy
+    assert len(m["examples"]) == 3 and {"prompt", "answer", "sft", "grpo", "rloo"} <= set(m["examples"][0])
+
+def test_demo_saves_loadable_policies(demo_dir):
+    tok = AutoTokenizer.from_pretrained(demo_dir / "grpo" / "final")
+    model = AutoModelForCausalLM.from_pretrained(demo_dir / "grpo" / "final")
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    rows = make_splits(m["config"]["task"]["n_train"], m["config"]["task"]["n_eval"], 0, seed=3).held_out
+    assert accuracy(model, tok, rows) == m["grpo"]["accuracy"]
+
+def test_demo_refuses_the_sentiment_options(tmp_path):
+    r = subprocess.run(["rlhf_nb", "demo", "--task", "arithmetic", "--out", str(tmp_path), "--tiny", "--model", "gpt2"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--model only apply to --task sentiment" in r.stderr
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_demo_report_in_a_browser(demo_dir):
+    import tempfile as _t
+    prof = _t.mkdtemp()
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={prof}",
+                          "--virtual-time-budget=5000", "--dump-dom", (demo_dir / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "Verifiable rewards: two-digit addition" in dom
+    assert "Addition: accuracy and KL over training" in dom                      # the figure's title, drawn by plotly.js
+    assert "mean KL(π ‖ π_SFT) per sequence" in dom
