@@ -294,7 +294,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def scalar_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    "The scalar head at the last real token of each row, (B,) in fp32: rewards."
+    "The scalar head at the last real token of each row, (B,) in fp32: rewards. A wrapper with a `reward_scores` method (an ensemble) answers for itself."
+    if hasattr(model, "reward_scores"): return model.reward_scores(input_ids, attention_mask, position_ids).float()
     s = token_scores(model, input_ids, attention_mask, position_ids)                  # (B, T)
     return s.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 

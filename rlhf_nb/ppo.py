@@ -228,6 +228,7 @@ def score_responses(seq: dict, # from `sample_responses`
 def value_model_from(model: nn.Module, # a causal LM or a scalar (reward) model; peft or not
                     ) -> nn.Module:
     "A value model: a trainable copy of `model`'s trunk under a zero-initialised scalar head."
+    model = getattr(model, "value_source", model)                         # a reward wrapper (ensemble) names the model to start from
     m = copy.deepcopy(getattr(model, "module", model))
     if is_peft(m): m = m.merge_and_unload()                               # LoRA folded into the copied weights
     if not hasattr(m, "score"):                                           # a causal LM: its trunk under a new head
