@@ -156,7 +156,9 @@ def dpo_explorer(beta: float = 0.1, # initial β
     return box
 
 # %% ../nbs/30_viz.ipynb #91f93357
-_METHOD_COLORS = {"sft": "#555555", "ppo": "#d62728", "dpo": "#1f77b4", "ipo": "#2ca02c", "kto": "#9467bd"}
+_METHOD_COLORS = {"sft": "#555555", "ppo": "#d62728", "rloo": "#ff7f0e", "grpo": "#8c564b",   # RL against the reward model
+                  "dpo": "#1f77b4", "ipo": "#2ca02c", "kto": "#9467bd"}                       # direct, from the pairs
+_METHODS = tuple(_METHOD_COLORS)                                      # the order of the figure's legend, the table and the examples
 
 def _bars(pts: list[dict], key: str) -> dict:
     "Symmetric plotly error bars from each point's `key` (a CI half-width; none where it is missing or NaN)."
@@ -193,7 +195,7 @@ def _table(metrics: dict) -> str:
                    f"<td>{r['kl_mean']:.2f} ± {r.get('kl_ci95', nan):.2f}</td><td>{r['kl_median']:.2f}</td>"
                    f"<td>{r.get('kl_p95', nan):.2f}</td><td>{r['eos_rate']:.2f}</td>"
                    f"<td>{r['seconds']:.0f}{' ⚠ KL guard' if r.get('kl_flag') else ''}</td></tr>"
-                   for m in ("sft", "ppo", "dpo", "ipo", "kto") if m in metrics for r in [metrics[m]])
+                   for m in _METHODS if m in metrics for r in [metrics[m]])
     return f"<table>{head}{rows}</table>"
 
 def _targets(metrics: dict) -> str:
@@ -215,7 +217,7 @@ def _pairs(metrics: dict) -> str:
 def _examples(metrics: dict) -> str:
     import html
     out = []
-    for m in ("sft", "ppo", "dpo", "ipo", "kto"):
+    for m in _METHODS:
         if m not in metrics: continue
         items = "".join(f"<li><b>{html.escape(e['prompt'])}</b> {html.escape(e['completion'])} <i>({e['reward']:+.2f})</i></li>"
                         for e in metrics[m].get("examples", []))

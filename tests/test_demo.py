@@ -2,6 +2,7 @@
 import json, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import pytest
+from rlhf_nb.demo import METHODS                                             # sft, ppo, rloo, grpo, dpo, ipo, kto
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,7 +20,7 @@ def test_metrics_file(demo_dir):
     m = json.loads((demo_dir / "metrics.json").read_text())
     keys = {"oracle_reward", "oracle_reward_ci95", "kl_mean", "kl_std", "kl_ci95", "kl_median", "kl_p95", "eos_rate",
             "kl_flag", "n_samples", "seconds"}
-    for method in ("sft", "ppo", "dpo", "ipo", "kto"):
+    for method in METHODS:
         r = m[method]
         assert keys <= set(r), (method, keys - set(r))
         assert -1 <= r["oracle_reward"] <= 1 and 0 <= r["eos_rate"] <= 1
@@ -31,19 +32,28 @@ def test_metrics_file(demo_dir):
     p = m["pairs"]                                                           # every prompt accounted for, truncations too
     assert p["pairs"] + p["ties"] + p["empty"] + p["truncated"] == p["prompts"] == m["config"]["n_pair_prompts"]
     assert "targets" not in m                                                # --tiny has none; --quick has QUICK_TARGETS
+    c = m["config"]                                                          # the critic-free runs: one per β, against the RM
+    assert [(s["method"], s["beta"]) for s in m["sweep"] if s["method"] in ("rloo", "grpo")] == \
+        [("rloo", b) for b in c["rloo_betas"]] + [("grpo", b) for b in c["grpo_betas"]]
+    assert m["rloo"]["beta"] == c["rloo_betas"][0] and m["grpo"]["beta"] == c["grpo_betas"][0]
 
 def test_report_file(demo_dir):
     page = (demo_dir / "report.html").read_text()
     m = json.loads((demo_dir / "metrics.json").read_text())
     assert "KL mean ± 95% CI" in page and "KL p95" in page
-    assert f"{m['dpo']['kl_mean']:.2f} ± {m['dpo']['kl_ci95']:.2f}" in page   # the mean, with its interval
+    for method in ("dpo", "rloo", "grpo"):                                   # the mean, with its interval
+        assert f"{m[method]['kl_mean']:.2f} ± {m[method]['kl_ci95']:.2f}" in page
+    assert "<h3>RLOO</h3>" in page and "<h3>GRPO</h3>" in page              # their example completions
     assert f"{m['pairs']['truncated']:,} with a completion cut at the token budget" in page
 
 def test_quick_config_has_the_targets():
     from rlhf_nb.demo import DemoConfig, QUICK_TARGETS
-    t = DemoConfig.quick().targets
-    assert t["reward_gain"] == {"ppo": 0.5, "dpo": 0.5, "ipo": 0.3, "kto": 0.3} and t["kl_mean_max"] == {"ppo": 5.0, "dpo": 5.0}
+    q = DemoConfig.quick(); t = q.targets
+    assert t["reward_gain"] == {"ppo": 0.5, "rloo": 0.5, "grpo": 0.45, "dpo": 0.5, "ipo": 0.3, "kto": 0.3}
+    assert t["kl_mean_max"] == {"ppo": 5.0, "rloo": 4.0, "grpo": 4.0, "dpo": 5.0}
     assert t["rm_accuracy"] == 0.88 and t == QUICK_TARGETS
+    assert t is not QUICK_TARGETS                                            # a copy: changing a run's targets leaves the constant
+    assert (len(q.rloo_betas), len(q.grpo_betas)) == (1, 1) and (len(DemoConfig().rloo_betas), len(DemoConfig().grpo_betas)) == (3, 3)
 
 def _chromium(*args):
     prof = tempfile.mkdtemp()
@@ -59,7 +69,7 @@ def test_report_in_a_browser(demo_dir):
     assert "Oracle reward vs KL" in dom                                       # the figure's title, drawn by plotly.js
     assert "mean KL(π ‖ π_SFT)" in dom                                        # the x axis: the mean, not the median
     assert "main-svg" in dom                                                  # plotly rendered an SVG
-    for m in ("SFT", "PPO", "DPO", "IPO", "KTO"): assert f"<td>{m}</td>" in dom
+    for m in METHODS: assert f"<td>{m.upper()}</td>" in dom
     png = demo_dir / "shot.png"
     _chromium(f"--screenshot={png}", "--window-size=1200,900", page)
     from PIL import Image
