@@ -16,7 +16,7 @@ from .core import sequence_logps
 
 # %% auto #0
 __all__ = ['best_of_n_kl', 'ScoredSamples', 'score_samples', 'best_of_n', 'best_of_n_curve', 'GoldProxyProbe', 'RewardEnsemble',
-           'CenteredReward', 'well_formed_reward', 'overoptimization_figure']
+           'CenteredReward', 'well_formed_reward', 'overoptimization_figure', 'rejection_sampling_finetune']
 
 # %% ../nbs/22_overoptimization.ipynb #fe4690b2
 def best_of_n_kl(n: int, # samples per prompt, n >= 1
@@ -203,3 +203,33 @@ def overoptimization_figure(curves: dict, # name -> rows with a KL ("kl_mean", o
     fig.update_xaxes(type="log", title_text="mean KL(π ‖ π_SFT) per sequence (nats)")
     fig.update_layout(title="Reward over-optimisation: proxy and gold reward against KL", height=420, template="plotly_white")
     return fig
+
+# %% ../nbs/22_overoptimization.ipynb #04f14d37
+from dataclasses import replace
+
+def rejection_sampling_finetune(policy: nn.Module, tokenizer, prompts: list[str],
+                                scorer, # picks the best: a reward function (prompts, completions) or a scalar reward model
+                                n: int = 8, # candidates per prompt per round
+                                rounds: int = 2,
+                                config=None, # `TrainConfig` of each round's SFT (its output_dir gets round-R/ inside)
+                                sft_config=None, # `SFTConfig`; max_length should fit prompt + max_new_tokens
+                                max_new_tokens: int = 24, seed: int = 0,
+                                callbacks: list | tuple = (), # passed to each round's SFT loop
+                               ) -> list[dict]:
+    "Iterated best-of-n distillation: each round samples `n` responses per prompt, keeps the best ended one, and fine-tunes on them."
+    from rlhf_nb.sft import sft, SFTConfig
+    from rlhf_nb.train import TrainConfig
+    if rounds < 1 or n < 2: raise ValueError(f"rejection_sampling_finetune: rounds={rounds}, n={n}: need rounds >= 1 and n >= 2")
+    config, history = config or TrainConfig(), []
+    for r in range(rounds):
+        s = score_samples(policy, tokenizer, prompts, {"r": scorer}, n=n, max_new_tokens=max_new_tokens, seed=seed + r)
+        ok = s.ended & torch.tensor([[bool(c.strip()) for c in cs] for cs in s.completions]).view_as(s.ended)
+        score = s.scores["r"].masked_fill(~ok, float("-inf"))                 # an unfinished or empty response is never kept
+        best, keep = score.argmax(1), ok.any(1)
+        rows = [{"prompt": p, "completion": cs[b]} for p, cs, b, k in zip(s.prompts, s.completions, best.tolist(), keep.tolist()) if k]
+        if not rows: raise RuntimeError(f"rejection_sampling_finetune: round {r}: no prompt had a non-empty response that ended within {max_new_tokens} tokens")
+        sft(policy, tokenizer, rows, replace(config, output_dir=f"{config.output_dir}/round-{r}"), sft_config or SFTConfig(), callbacks=callbacks)
+        kept = score.gather(1, best[:, None]).squeeze(1)[keep]
+        history.append({"round": r, "kept": len(rows), "nothing_kept": int((~keep).sum()),
+                        "mean_score": s.scores["r"].mean().item(), "kept_mean_score": kept.mean().item()})
+    return history
