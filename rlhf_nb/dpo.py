@@ -276,18 +276,21 @@ def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, 
 # %% ../nbs/14_dpo.ipynb #722eb90c
 def preference_batch(model: nn.Module, # the policy
                      batch: dict, # a (2B, T) preference batch
-                     loss_fn: Callable = dpo_loss, # (pc, pr, rc, rr, **loss_kwargs) -> (losses, chosen_rewards, rejected_rewards)
+                     loss_fn: Callable = dpo_loss, # (pc, pr, rc, rr, **loss_kwargs) -> (losses, chosen_rewards, rejected_rewards); (pc, pr, ...) when reference_free
                      ref: nn.Module | None = None, # a separate reference; None = adapters off, or the batch's precomputed columns
                      average: bool = False, # token-mean log-probs instead of sums, for policy and reference alike
+                     reference_free: bool = False, # no reference at all: `loss_fn` gets the policy's two log-probs only (SimPO, ORPO)
+                     metrics_fn: Callable | None = None, # (pc, pr) -> more metrics for this objective, e.g. ORPO's log-odds
                      **loss_kwargs, # passed to `loss_fn`: beta, label_smoothing, tau, ...
                     ) -> tuple[torch.Tensor, dict]: # mean loss, metrics
     "One preference-optimisation step: policy and reference log-probs, `loss_fn`, the mean loss and TRL-named metrics."
     # the reference first: its activations are freed before the policy's, kept for backward, pile up (a lower peak)
-    ref_chosen_logps, ref_rejected_logps = reference_logps(model, ref, batch, average)      # (B,), (B,) no grad
+    ref_logps = () if reference_free else reference_logps(model, ref, batch, average)       # (B,), (B,) no grad; or nothing
     policy_chosen_logps, policy_rejected_logps = concatenated_logps(model, batch, average)   # (B,), (B,) one forward
-    losses, chosen_rewards, rejected_rewards = loss_fn(policy_chosen_logps, policy_rejected_logps,
-                                                       ref_chosen_logps, ref_rejected_logps, **loss_kwargs)
-    return losses.mean(), preference_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
+    losses, chosen_rewards, rejected_rewards = loss_fn(policy_chosen_logps, policy_rejected_logps, *ref_logps, **loss_kwargs)
+    metrics = preference_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
+    if metrics_fn is not None: metrics.update(metrics_fn(policy_chosen_logps.detach(), policy_rejected_logps.detach()))
+    return losses.mean(), metrics
 
 # %% ../nbs/14_dpo.ipynb #7eaf68aa
 def evaluate_preferences(model: nn.Module, # the policy
@@ -297,11 +300,13 @@ def evaluate_preferences(model: nn.Module, # the policy
                          loss_fn: Callable = dpo_loss, # the loss whose value is reported
                          batch_size: int = 16,
                          average: bool = False, # token-mean log-probs instead of sums
+                         reference_free: bool = False, # as in `preference_batch`: no reference, a loss of the policy's log-probs
+                         metrics_fn: Callable | None = None, # as in `preference_batch`
                          **loss_kwargs, # beta, label_smoothing, tau, ...
                         ) -> dict[str, float]: # "loss" and the `preference_metrics`, averaged over pairs
     "Loss and preference metrics of `model` on `dataset`, averaged over pairs, without gradients and in eval mode."
     if ref is not None: ref.to(next(model.parameters()).device)          # both models on the policy's device
-    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, **loss_kwargs)
+    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, reference_free, metrics_fn, **loss_kwargs)
     return evaluate(model, fn, dataset, PreferenceCollator(pad_token_id), batch_size=batch_size)
 
 # %% ../nbs/14_dpo.ipynb #a5c08956
@@ -340,10 +345,10 @@ class DPOConfig:
 
 
 # %% ../nbs/14_dpo.ipynb #9602ce98
-def _check_loss(loss_fn: Callable, kwargs: dict):
-    "Call `loss_fn` once on zeros, so that a wrong setting fails before any data is read or model run."
-    z, name = torch.zeros(1), getattr(loss_fn, "__name__", "the loss")
-    try: out = loss_fn(z, z, z, z, **kwargs)
+def _check_loss(loss_fn: Callable, kwargs: dict, reference_free: bool = False):
+    "Call `loss_fn` once on log-probs of −1 (two of them when `reference_free`), so that a wrong setting fails before any data is read or model run."
+    z, name = torch.full((1,), -1.0), getattr(loss_fn, "__name__", "the loss")
+    try: out = loss_fn(*(z,) * (2 if reference_free else 4), **kwargs)
     except TypeError as e:
         raise TypeError(f"{name} cannot be called with {sorted(kwargs)} ({e}); leave out what it does not take, "
                         "e.g. label_smoothing=None for hinge_loss") from e
@@ -364,18 +369,23 @@ def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg):
     return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
 
 def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
-                     eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, **loss_kwargs) -> Trainer:
-    "Tokenize preference `rows` (and `eval_rows`), set up the reference, and minimise `loss_fn` with `preference_batch` in the shared loop."
-    _check_loss(loss_fn, loss_kwargs)
+                     eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, reference_free: bool = False,
+                     metrics_fn: Callable | None = None, **loss_kwargs) -> Trainer:
+    "Tokenize preference `rows` (and `eval_rows`), set up the reference (none when `reference_free`), and minimise `loss_fn` with `preference_batch` in the shared loop."
+    _check_loss(loss_fn, loss_kwargs, reference_free)
+    if reference_free and ref_model is not None: raise ValueError(f"{objective}: a reference-free objective takes no ref_model")
     config = config or TrainConfig()
     tok = lambda r: tokenize_preferences(r, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                                          chat_template_kwargs=cfg.chat_template_kwargs, num_proc=cfg.num_proc)
     (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
-    pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
-    if eval_ds is not None and cfg.precompute_ref:                           # the held-out pairs' reference, before training too
-        eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
-    ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
-    batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, **loss_kwargs)
+    ref = None                                                               # reference-free: no copy, no pass, no columns
+    if not reference_free:
+        pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
+        if eval_ds is not None and cfg.precompute_ref:                       # the held-out pairs' reference, before training too
+            eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
+        ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
+    batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, reference_free=reference_free,
+                       metrics_fn=metrics_fn, **loss_kwargs)
     trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
                       frozen=() if ref is None else (ref,), eval_dataset=eval_ds, callbacks=callbacks,
                       record=dict(objective=objective, objective_config=cfg, data_report=report, extra=run_info))

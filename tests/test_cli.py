@@ -33,7 +33,7 @@ TINY = dict(batch_size=4, max_length=32, progress=False)             # the setti
 
 def test_help_lists_commands():
     out = rlhf_nb("--help").stdout
-    for c in ("sft", "rm"): assert c in out
+    for c in ("sft", "rm", "simpo", "orpo"): assert c in out
     h = rlhf_nb("sft", "--help").stdout
     for flag in ("--max-steps", "--config FILE", "--print-config", "peak learning rate (default: 2e-05)", "--loss-per"): assert flag in h
 
@@ -88,7 +88,8 @@ def test_a_bad_config_file_is_one_clear_line(files, monkeypatch, capsys, setting
     assert not (files / "never").exists()                              # refused before anything was loaded or written
 
 @pytest.mark.parametrize("cmd,extra", [("dpo", ["--beta", "0.5"]), ("dpo", ["--loss", "robust", "--label-smoothing", "0.1", "--precompute-ref"]),
-                                       ("ipo", ["--tau", "0.5", "--average-logps"]), ("kto", [])])
+                                       ("ipo", ["--tau", "0.5", "--average-logps"]), ("kto", []),
+                                       ("simpo", ["--beta", "2.5", "--gamma", "0.5"]), ("orpo", ["--lam", "0.2"])])
 def test_preference_commands(files, cmd, extra):
     # the settings in a config file, the step count overridden by a flag, the objective's knobs as flags
     out = files / f"{cmd}{len(extra)}"
@@ -98,13 +99,14 @@ def test_preference_commands(files, cmd, extra):
     assert steps(out) == [1, 2, 3]
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     names = {"rewards/chosen", "rewards/rejected", "rewards/margins"} | ({"rewards/accuracies", "logps/chosen", "logps/rejected"} if cmd != "kto" else set())
+    if cmd == "orpo": names |= {"nll_loss", "log_odds_ratio", "log_odds_chosen"}   # ORPO's own, under TRL's names
     assert names <= set(first), set(first)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert {f"eval/{k}" for k in names} <= set(summary), summary      # the held-out rows, evaluated by the loop (kto too)
     assert (out / "final" / "config.json").exists()
     saved = (out / "config.yaml").read_text()
     assert "max_steps: 3" in saved and "lr: 0.001" in saved
-    for flag, key in (("--beta", "beta"), ("--tau", "tau"), ("--loss", "loss")):
+    for flag, key in (("--beta", "beta"), ("--tau", "tau"), ("--loss", "loss"), ("--gamma", "gamma"), ("--lam", "lam")):
         if flag in extra: assert f"{key}: {extra[extra.index(flag) + 1]}" in saved
 
 def test_preference_bad_input(files):
@@ -114,6 +116,13 @@ def test_preference_bad_input(files):
     (files / "one_label.jsonl").write_text("".join(json.dumps({"prompt": "x", "completion": f" {w}.", "label": True}) + "\n" for w in "abcd"))
     r = rlhf_nb("kto", "--model", files / "tiny", "--dataset", files / "one_label.jsonl", "--output-dir", files / "z", check=False)
     assert r.returncode == 1 and "desirable" in r.stderr
+
+def test_reference_free_commands_refuse_a_reference_model(files):
+    for cmd in ("simpo", "orpo"):
+        r = rlhf_nb(cmd, "--model", files / "tiny", "--dataset", files / "data.jsonl", "--output-dir", files / f"{cmd}_ref",
+                    "--ref-model", files / "tiny", "--max-steps", 1, "--quiet", check=False)
+        assert r.returncode == 1 and "reference-free" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (files / f"{cmd}_ref" / "metrics.jsonl").exists()
 
 def test_ppo_with_a_reward_function_file(files):
     (files / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Film {i} was"}) + "\n" for i in range(8)))
@@ -201,7 +210,7 @@ def test_chat_template_kwargs_reach_the_template(files, tmp_path):
     rlhf_nb(*args, "--output-dir", tmp_path / "b", "--chat-template-kwargs", '{"house_style": true}')
     assert (tmp_path / "b" / "final").exists()
 
-COMMANDS = ("sft", "rm", "dpo", "ipo", "kto", "ppo", "grpo", "rloo")
+COMMANDS = ("sft", "rm", "dpo", "ipo", "kto", "simpo", "orpo", "ppo", "grpo", "rloo")
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_print_config_round_trip(tmp_path, cmd, capsys):
@@ -211,6 +220,7 @@ def test_print_config_round_trip(tmp_path, cmd, capsys):
             "--lora-target-modules", "q_proj", "v_proj", "--bf16", "--resume", "--max-grad-norm", "none", "--seed", "3",
             *(["--reward-fn", "rlhf_nb.sentiment:sentiment_reward", "--kl-target", "2"] if cmd == "ppo" else []),
             *(["--loss", "hinge", "--loss-kwargs", '{"x": 1}'] if cmd == "dpo" else []),
+            *(["--gamma", "0.7"] if cmd == "simpo" else []), *(["--lam", "0.25"] if cmd == "orpo" else []),
             *(["--reward-fn", "rlhf_nb.sentiment:sentiment_reward", "--reward-fn", "m:f", "--num-generations", "4"] if cmd in ("grpo", "rloo") else [])]
     configs = main([*argv, "--print-config"])
     text = capsys.readouterr().out
@@ -219,6 +229,8 @@ def test_print_config_round_trip(tmp_path, cmd, capsys):
     assert command_configs([cmd, "--config", tmp_path / "run.yaml"]) == configs == command_configs(argv)
     assert (configs["ModelConfig"].dtype, configs["TrainConfig"].mixed_precision, configs["TrainConfig"].max_grad_norm) == ("bfloat16", "bf16", None)
     assert configs["TrainConfig"].lr == {"sft": 2e-5, "rm": 1e-5, "ppo": 1e-5, "grpo": 1e-6, "rloo": 1e-6}.get(cmd, 5e-6)   # each command's own
+    if cmd == "simpo": assert (configs["SimPOConfig"].gamma, configs["SimPOConfig"].beta) == (0.7, 2.0)
+    if cmd == "orpo": assert configs["ORPOConfig"].lam == 0.25
     if cmd in ("grpo", "rloo"):                                          # a repeated list flag adds up
         assert configs["RewardsConfig"].reward_fn == ["rlhf_nb.sentiment:sentiment_reward", "m:f"]
         assert configs["GRPOConfig"].advantage == cmd

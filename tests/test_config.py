@@ -183,7 +183,7 @@ def test_two_classes_sharing_a_field_are_refused():
 
 # ---------------------------------------------------------------- the real configs
 
-COMMANDS = ("sft", "rm", "dpo", "ipo", "kto", "ppo")
+COMMANDS = ("sft", "rm", "dpo", "ipo", "kto", "ppo", "grpo", "rloo", "simpo", "orpo")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -205,6 +205,9 @@ def test_every_command_has_distinct_typed_documented_options(command):
     ("ipo", {"tau": 0.5, "average_logps": True, "max_grad_norm": None, "run_name": "1e5"}),
     ("kto", {"desirable_weight": 1.5, "precompute_ref": True, "ref_cache": "cache", "lora_r": 8, "lora_alpha": 16}),
     ("ppo", {"kl_target": 2.0, "top_k": 20, "reward_fn": "rlhf_nb.sentiment:sentiment_reward", "shared_value": True, "lr": 1e-3}),
+    ("grpo", {"num_generations": 8, "loss_aggregation": "constant", "clip_range_high": 0.28, "reward_fn": ["rlhf_nb.sentiment:sentiment_reward"]}),
+    ("simpo", {"beta": 2.5, "gamma": 0.5, "max_length": 64}),
+    ("orpo", {"lam": 0.2, "lora_r": 4}),
 ])
 def test_to_yaml_round_trip_for_every_command(tmp_path, command, changes):
     from rlhf_nb.cli import COMMANDS as cmds, config_classes
