@@ -1,6 +1,6 @@
 """Experiment trackers for real: TensorBoard, Weights & Biases (offline) and Trackio, started by `start_trackers`, and
 everything they wrote read back from disk — first driven through accelerate directly, then through the training loop."""
-import json, os, re, shutil, struct, tempfile
+import json, os, re, shutil, struct, tempfile, time
 from pathlib import Path
 import pytest
 
@@ -115,7 +115,11 @@ def wandb_run(wandb_dir: Path):
     "(run record, {step: {key: value}} history, config) of the one offline run under `wandb_dir`."
     (run_dir,) = (wandb_dir / "wandb").glob("offline-run-*")
     (log,) = run_dir.glob("run-*.wandb")
-    recs = wandb_records(log)
+    # wandb's service process writes the log; on a loaded machine the file can lag `finish()` by a moment
+    for _ in range(120):
+        recs = wandb_records(log)
+        if any(r.WhichOneof("record_type") == "exit" for r in recs): break
+        time.sleep(0.5)
     run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
     history = {}
     for r in recs:
