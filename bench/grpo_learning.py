@@ -1,4 +1,4 @@
-"""Does rlhf_nb's GRPO learn as much as TRL 1.16's GRPOTrainer from the same samples? Reward gained per 1,000 sampled
+"""Does rlhf_nb's GRPO (or RLOO) learn as much as TRL 1.16's GRPOTrainer (RLOOTrainer) from the same samples? Reward gained per 1,000 sampled
 completions and per nat of KL to the initial policy, on one task, model, data set and set of hyper-parameters.
 
 Task (tests/test_grpo.py::test_grpo_learns_a_checkable_reward): 24 prompts "The movie number {i} was", each with a
@@ -25,6 +25,8 @@ on 2 shared cores, 3 presets × 5 seeds × 2 libraries ≈ 4-5 minutes):
     pip install -e ".[dev,bench]"
     OMP_NUM_THREADS=1 python bench/grpo_learning.py [--only A,B,C] [--seeds 0,1,2,3,4] [--json out.json]
     OMP_NUM_THREADS=1 python bench/grpo_learning.py --lr 1e-3 --updates 80 --beta 0    # one custom setting
+    OMP_NUM_THREADS=1 python bench/grpo_learning.py --algo rloo     # RLOO: leave-one-out advantages, not normalised,
+                                                                    # the KL (k1, summed) in the reward on both sides
 """
 import argparse, json, os, shutil, statistics, sys, tempfile, time
 
@@ -79,6 +81,8 @@ def evaluate(policy_dir: str, init_dir: str, samples: int = 4, seed: int = 1234)
     return {"reward": statistics.fmean(reward), "kl": kl.mean().item()}
 
 # ---------------------------------------------------------------------------------------------- the two trainers
+ALGO = "grpo"                                                           # set by --algo before any run is forked
+
 def train_rlhf_nb(init_dir, out_dir, seed, updates, lr, beta) -> list[float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from rlhf_nb.grpo import grpo, GRPOConfig
@@ -88,24 +92,26 @@ def train_rlhf_nb(init_dir, out_dir, seed, updates, lr, beta) -> list[float]:
                       max_grad_norm=1.0, seed=seed, progress=False, save_final=False)
     t = grpo(policy, tok, TRAIN, has_target, config=cfg,
              grpo_config=GRPOConfig(num_generations=K, max_new_tokens=NEW, temperature=1.0, scale_rewards=True,
-                                    loss_aggregation="sequence", clip_range=0.2, beta=beta))
+                                    loss_aggregation="sequence", clip_range=0.2, beta=beta, advantage=ALGO))
     t.acc.unwrap_model(t.model).save_pretrained(out_dir)
     return [h["reward"] for h in t.history]
 
 def train_trl(init_dir, out_dir, seed, updates, lr, beta) -> list[float]:
     import datasets
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=PROMPTS * K, gradient_accumulation_steps=1,
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+    C, T, extra = ((GRPOConfig, GRPOTrainer, dict(loss_type="grpo", scale_rewards="group")) if ALGO == "grpo"
+                   else (RLOOConfig, RLOOTrainer, dict(normalize_advantages=False)))
+    args = C(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=PROMPTS * K, gradient_accumulation_steps=1,
                       steps_per_generation=1, num_generations=K, num_iterations=1, max_completion_length=NEW,
-                      temperature=1.0, top_p=1.0, top_k=0, beta=beta, epsilon=0.2, loss_type="grpo", scale_rewards="group",
+                      temperature=1.0, top_p=1.0, top_k=0, beta=beta, epsilon=0.2, **extra,
                       learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
                       max_steps=updates, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
                       fp16=False, gradient_checkpointing=False, disable_dropout=True, use_vllm=False, seed=seed,
                       log_completions=False, dataloader_num_workers=0)
     tok = AutoTokenizer.from_pretrained(init_dir, padding_side="left")
     ds = datasets.Dataset.from_dict({k: [r[k] for r in TRAIN] for k in ("prompt", "target")})
-    trainer = GRPOTrainer(model=init_dir, reward_funcs=has_target, args=args, processing_class=tok, train_dataset=ds)
+    trainer = T(model=init_dir, reward_funcs=has_target, args=args, processing_class=tok, train_dataset=ds)
     trainer.train()
     trainer.model.save_pretrained(out_dir)
     return [h["reward"] for h in trainer.state.log_history if "reward" in h]
@@ -149,7 +155,7 @@ def spread(xs) -> str:
 def report(name: str, p: dict, runs: list[dict], before: dict) -> dict:
     "Print one preset's table; return its numbers per library."
     samples = p["updates"] * PROMPTS * K
-    print(f"\n{name}: lr {p['lr']}, {p['updates']} updates x {PROMPTS} prompts x k={K} = {samples} samples, beta {p['beta']}, "
+    print(f"\n{name} ({ALGO}): lr {p['lr']}, {p['updates']} updates x {PROMPTS} prompts x k={K} = {samples} samples, beta {p['beta']}, "
           f"{len(runs) // len(LIBS)} seeds (mean ± half the range)\n"
           f"| library | held-out reward (before {before['reward']:.3f}) | gain per 1k samples | KL(π‖π_init), nats "
           "| gain per nat | train reward, first 8 → last 8 updates | run s (wall, with setup) |\n|---|---|---|---|---|---|---|")
@@ -171,8 +177,10 @@ def main():
     ap.add_argument("--only", default=",".join(PRESETS), help="presets to run, comma-separated")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--lr", type=float); ap.add_argument("--updates", type=int); ap.add_argument("--beta", type=float)
+    ap.add_argument("--algo", choices=("grpo", "rloo"), default="grpo")
     ap.add_argument("--json")
     a = ap.parse_args()
+    global ALGO; ALGO = a.algo
     seeds = [int(s) for s in a.seeds.split(",")]
     custom = {k: getattr(a, k) for k in ("lr", "updates", "beta") if getattr(a, k) is not None}
     presets = {"custom": {**PRESETS["A"], **custom}} if custom else {k: PRESETS[k] for k in a.only.split(",")}
