@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import torch
+from .online import OnlineConfig
 from .config import (DataConfig, ConfigError, add_config_args, config_fields, import_object, load_config_file,
                             load_data, resolve_configs, to_yaml)
 
@@ -147,9 +148,22 @@ def _preference(c: dict, train: Callable, objective: str) -> dict:
     return _finish(c, train(model, tok, rows, c["TrainConfig"], c[objective], ref_model=ref, eval_rows=held, run_info=_run_info(c)))
 
 def _cmd_dpo(c: dict) -> dict:
-    "Direct preference optimisation (or the variant `--loss` names) on prompt/chosen/rejected rows."
+    "Direct preference optimisation (or the variant `--loss` names) on prompt/chosen/rejected rows; with --online, on prompts."
     from rlhf_nb.dpo import dpo
-    return _preference(c, dpo, "DPOConfig")
+    if not c["OnlineConfig"].online: return _preference(c, dpo, "DPOConfig")
+    from rlhf_nb.models import load_policy, load_reference
+    from rlhf_nb.online import online_dpo
+    rs, mc = c["RewardsConfig"], c["ModelConfig"]
+    if not rs.reward_fn and rs.reward_model is None:
+        raise ConfigError("--online labels the sampled pairs: pass --reward-fn module:function and/or --reward-model DIR")
+    fns = [import_object(f, "--reward-fn") for f in rs.reward_fn or []]
+    rm = None if rs.reward_model is None else _frozen_reward_model(mc, rs.reward_model)
+    model, tok = load_policy(mc)
+    rows, held = load_data(c["DataConfig"])
+    trainer, rounds = online_dpo(model, tok, rows, fns, rm, c["TrainConfig"], c["DPOConfig"], c["OnlineConfig"],
+                                 ref_model=load_reference(mc), eval_rows=held, run_info=_run_info(c))
+    if _main_process(): (Path(c["TrainConfig"].output_dir) / "rounds.json").write_text(json.dumps(rounds, indent=1))
+    return _finish(c, trainer, {"rounds": len(rounds), "pairs": [r["pairs"] for r in rounds], "mean_reward": [r["mean_reward"] for r in rounds]})
 
 def _cmd_ipo(c: dict) -> dict:
     "Identity preference optimisation on prompt/chosen/rejected rows."
@@ -225,7 +239,7 @@ def _cmd_ppo(c: dict) -> dict:
 # %% ../nbs/40_cli.ipynb #747c55f1
 @dataclass
 class RewardsConfig:
-    "Where GRPO's and RLOO's rewards come from: functions that check or score a completion, and/or a reward model."
+    "Where the rewards of GRPO, RLOO and online DPO come from: functions that check or score a completion, and/or a reward model."
     reward_fn: list[str] | None = None  # module:function (or file.py:function), one or more: fn(prompts, completions, **columns) -> list[float]
     reward_model: str | None = None     # a scalar reward model folder (e.g. the final/ of rlhf_nb rm), with or instead of functions
 
@@ -306,7 +320,9 @@ COMMANDS = {
                    "Train a scalar reward model on preference pairs; --model may be a causal LM (a new head is added) or a "
                    "saved reward model. " + _LR.format("1e-5")),
     "dpo": _Command("rlhf_nb.dpo:DPOConfig", _cmd_dpo, {"lr": 5e-6}, "DPO and its variants (prompt/chosen/rejected rows)",
-                    "Direct preference optimisation: the KL-regularized objective solved in closed form. " + _LR.format("5e-6")),
+                    "Direct preference optimisation: the KL-regularized objective solved in closed form. With --online, the "
+                    "pairs are sampled from the policy each round (prompt rows) and ranked by --reward-fn / --reward-model; "
+                    "--max-steps counts the steps of one round. " + _LR.format("5e-6"), (RewardsConfig, OnlineConfig)),
     "ipo": _Command("rlhf_nb.ipo:IPOConfig", _cmd_ipo, {"lr": 5e-6}, "IPO (prompt/chosen/rejected rows)",
                     "Identity preference optimisation. " + _LR.format("5e-6")),
     "kto": _Command("rlhf_nb.kto:KTOConfig", _cmd_kto, {"lr": 5e-6}, "KTO (prompt/completion/label rows, or paired rows split in two)",

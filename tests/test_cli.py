@@ -244,3 +244,24 @@ def test_required_settings_come_from_a_flag_or_the_file(tmp_path, capsys):
     cfg = config(tmp_path / "part.yaml", dataset="d.jsonl", output_dir=tmp_path / "out")
     with pytest.raises(SystemExit): main(["dpo", "--config", cfg])                  # --model still missing
     assert "required: --model" in capsys.readouterr().err
+
+def test_online_dpo_samples_its_pairs_from_the_policy(files):
+    # a policy that ends its responses (a random one never says EOS), then two online rounds ranked by a reward function
+    rlhf_nb("sft", "--model", files / "tiny", "--dataset", files / "data.jsonl", "--output-dir", files / "ends", "--max-steps", 30,
+            "--lr", 1e-2, "--batch-size", 8, "--max-length", 32, "--quiet")
+    (files / "prompts16.jsonl").write_text("".join(json.dumps({"prompt": f"Film {i} was"}) + "\n" for i in range(16)))
+    (files / "short.py").write_text("def short(prompts, completions):\n    return [-len(c) for c in completions]\n")
+    out = files / "online"
+    r = rlhf_nb("dpo", "--online", "--model", files / "ends" / "final", "--dataset", files / "prompts16.jsonl", "--output-dir", out,
+                "--reward-fn", f"{files / 'short.py'}:short", "--rounds", 2, "--samples-per-prompt", 4, "--max-new-tokens", 8,
+                "--max-steps", 3, "--batch-size", 4, "--max-length", 32, "--lr", 1e-3, "--quiet")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["rounds"] == 2 and all(0 < p <= 16 for p in summary["pairs"])
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert [x["pairs"] + x["ties"] + x["too_few_usable"] for x in rounds] == [16, 16]      # every prompt accounted for
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["round"], x["step"]) for x in rows] == [(0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (1, 6)]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(rows[0])
+    assert (out / "final" / "config.json").exists()
+    r = rlhf_nb("dpo", "--online", "--model", files / "tiny", "--dataset", files / "prompts16.jsonl", "--output-dir", files / "o2", check=False)
+    assert r.returncode == 1 and "--reward-fn" in r.stderr
