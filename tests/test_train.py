@@ -62,8 +62,9 @@ def cli(out, procs: int, *args, port: int = 29541):
     "`rlhf_nb ...` on one process, or on `procs` processes under torchrun; returns the CompletedProcess."
     launch = [sys.executable, "-m", "rlhf_nb.cli"] if procs == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(port), "-m", "rlhf_nb.cli"]
-    return subprocess.run([*launch, *map(str, args), "--output-dir", out, "--quiet"], env=ENV, timeout=600,
-                          capture_output=True, text=True, check=True)
+    r = subprocess.run([*launch, *map(str, args), "--output-dir", out, "--quiet"], env=ENV, timeout=600, capture_output=True, text=True)
+    assert r.returncode == 0, f"exit {r.returncode}\n--- stdout\n{r.stdout[-2000:]}\n--- stderr\n{r.stderr[-4000:]}"
+    return r
 
 def test_kto_two_processes_match_one(tmp_path):
     # ẑ₀ is one number per step over both processes, and the mismatched pairs are fixed per row: 2 × 4 rows on two
