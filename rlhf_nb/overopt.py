@@ -144,7 +144,9 @@ class GoldProxyProbe(Callback):
         return row
 
     def on_step_end(self, trainer: Trainer, row: dict):
-        if trainer.step % self.every == 0: self.measure(trainer.acc.unwrap_model(trainer.model), trainer.step)
+        if trainer.step % self.every != 0: return
+        m = trainer.acc.unwrap_model(trainer.model)
+        self.measure(getattr(m, "policy", m), trainer.step)     # PPO trains a policy-and-value wrapper: sample from its policy
 
 # %% ../nbs/22_overoptimization.ipynb #09e8a799
 class RewardEnsemble(nn.Module):

@@ -9,7 +9,8 @@ import torch
 from .kl import categorical_kl, optimal_policy
 
 # %% auto #0
-__all__ = ['kl_tradeoff_figure', 'kl_explorer', 'dpo_loss_figure', 'dpo_explorer', 'frontier_figure', 'demo_report']
+__all__ = ['kl_tradeoff_figure', 'kl_explorer', 'dpo_loss_figure', 'dpo_explorer', 'method_label', 'frontier_figure',
+           'demo_report']
 
 # %% ../nbs/30_viz.ipynb #3e644bdb
 def _toy_bandit():
@@ -156,42 +157,64 @@ def dpo_explorer(beta: float = 0.1, # initial β
     return box
 
 # %% ../nbs/30_viz.ipynb #91f93357
-_METHOD_COLORS = {"sft": "#555555", "ppo": "#d62728", "rloo": "#ff7f0e", "grpo": "#8c564b",   # RL against the reward model
-                  "dpo": "#1f77b4", "ipo": "#2ca02c", "kto": "#9467bd"}                       # direct, from the pairs
+_METHOD_COLORS = {"sft": "#555555", "bon": "#bcbd22", "ppo": "#d62728", "rloo": "#ff7f0e", "grpo": "#8c564b",  # chase the reward model
+                  "dpo": "#1f77b4", "online_dpo": "#17becf", "ipo": "#2ca02c", "kto": "#9467bd",   # from preference pairs
+                  "simpo": "#e377c2", "orpo": "#393b79"}                                            # ... and no reference
 _METHODS = tuple(_METHOD_COLORS)                                      # the order of the figure's legend, the table and the examples
+_LABELS = {"bon": "Best-of-n", "online_dpo": "Online DPO", "simpo": "SimPO"}
+
+def method_label(m: str) -> str:
+    "How a demo method is named in figures and tables: `online_dpo` → 'Online DPO', `bon` → 'Best-of-n', `simpo` → 'SimPO', `ppo` → 'PPO'."
+    return _LABELS.get(m, m.upper())
 
 def _bars(pts: list[dict], key: str) -> dict:
     "Symmetric plotly error bars from each point's `key` (a CI half-width; none where it is missing or NaN)."
     v = [p.get(key) for p in pts]
     return dict(type="data", array=[x if x is not None and x == x else 0.0 for x in v], visible=True, thickness=1.2)
 
+def _method_points(metrics: dict, m: str) -> list[dict]:
+    "A method's sweep points sorted by mean KL (the SFT policy: its one evaluation)."
+    if m == "sft": return [metrics["sft"]] if "sft" in metrics else []
+    return sorted([p for p in metrics.get("sweep", []) if p["method"] == m], key=lambda p: p["kl_mean"])
+
 def frontier_figure(metrics: dict, # as written to metrics.json by `run_demo`
                    ):
-    "Plotly figure: mean oracle reward against mean KL(π‖π_SFT), 95% CIs as error bars, one line per method over its sweep."
+    "Plotly figure: mean oracle reward (and, when measured, the proxy's) against mean KL(π‖π_SFT), 95% CIs, one line per method."
     import plotly.graph_objects as go
-    fig = go.Figure()
+    from plotly.subplots import make_subplots
+    proxy = any("proxy_reward" in p for p in metrics.get("sweep", []) + [metrics.get("sft", {})])
+    fig = make_subplots(1, 2, subplot_titles=("gold: the oracle (VADER)", "proxy: the reward model")) if proxy else go.Figure()
     for m, color in _METHOD_COLORS.items():
-        pts = sorted([p for p in metrics.get("sweep", []) if p["method"] == m], key=lambda p: p["kl_mean"])
-        if m == "sft": pts = [metrics["sft"]] if "sft" in metrics else []
+        pts = _method_points(metrics, m)
         if not pts: continue
         tail = [[p.get("kl_median", float("nan")), p.get("kl_p95", float("nan"))] for p in pts]
-        fig.add_trace(go.Scatter(x=[p["kl_mean"] for p in pts], y=[p["oracle_reward"] for p in pts], name=m.upper(),
-                                 error_x=_bars(pts, "kl_ci95"), error_y=_bars(pts, "oracle_reward_ci95"), customdata=tail,
-                                 hovertemplate="mean KL %{x:.2f} (median %{customdata[0]:.2f}, p95 %{customdata[1]:.2f})<br>reward %{y:.3f}",
-                                 mode="lines+markers" if len(pts) > 1 else "markers", marker=dict(size=11, color=color),
-                                 line=dict(color=color)))
-    fig.update_layout(title="Oracle reward vs KL from the SFT policy (held-out prompts, 95% CIs)", height=460,
-                      xaxis_title="mean KL(π ‖ π_SFT) per sequence (nats)", yaxis_title="mean oracle reward (VADER)",
-                      template="plotly_white")
+        for col, key in ((1, "oracle_reward"), (2, "proxy_reward"))[:2 if proxy else 1]:
+            t = go.Scatter(x=[p["kl_mean"] for p in pts], y=[p.get(key, float("nan")) for p in pts], name=method_label(m),
+                           legendgroup=m, showlegend=col == 1, error_x=_bars(pts, "kl_ci95"), error_y=_bars(pts, f"{key}_ci95"),
+                           customdata=tail, mode="lines+markers" if len(pts) > 1 else "markers",
+                           hovertemplate="mean KL %{x:.2f} (median %{customdata[0]:.2f}, p95 %{customdata[1]:.2f})<br>reward %{y:.3f}",
+                           marker=dict(size=11, color=color), line=dict(color=color))
+            fig.add_trace(t, 1, col) if proxy else fig.add_trace(t)
+    fig.update_layout(title="Oracle reward vs KL from the SFT policy" + (", beside the proxy" if proxy else "") +
+                      " (held-out prompts, 95% CIs)", height=560, template="plotly_white",
+                      legend=dict(orientation="h", y=-0.18, x=0))
+    fig.update_xaxes(title_text="mean KL(π ‖ π_SFT) per sequence (nats)")
+    fig.update_yaxes(title_text="mean oracle reward (VADER)", **({"row": 1, "col": 1} if proxy else {}))
+    if proxy: fig.update_yaxes(title_text="mean reward-model score", row=1, col=2)
     return fig
 
 # %% ../nbs/30_viz.ipynb #f5f07238
+def _pm(r: dict, key: str, fmt: str = "+.3f") -> str:
+    "`value ± ci` of `key` in a result, '—' where it was not measured."
+    return f"{r[key]:{fmt}} ± {r.get(key + '_ci95', float('nan')):.3f}" if key in r else "—"
+
 def _table(metrics: dict) -> str:
-    "The results table: reward and mean KL with their 95% CIs, KL median and p95, EOS rate, seconds, the KL guard."
-    head = ("<tr><th>method</th><th>oracle reward ± 95% CI</th><th>KL mean ± 95% CI</th><th>KL median</th><th>KL p95</th>"
-            "<th>EOS rate</th><th>seconds</th></tr>")
+    "The results table: oracle and proxy reward and mean KL with their 95% CIs, KL median and p95, EOS rate, seconds, the KL guard."
+    proxy = any("proxy_reward" in metrics[m] for m in _METHODS if m in metrics)
+    head = ("<tr><th>method</th><th>oracle reward ± 95% CI</th>" + ("<th>proxy reward ± 95% CI</th>" if proxy else "") +
+            "<th>KL mean ± 95% CI</th><th>KL median</th><th>KL p95</th><th>EOS rate</th><th>seconds</th></tr>")
     nan = float("nan")
-    rows = "".join(f"<tr><td>{m.upper()}</td><td>{r['oracle_reward']:+.3f} ± {r.get('oracle_reward_ci95', nan):.3f}</td>"
+    rows = "".join(f"<tr><td>{method_label(m)}</td><td>{_pm(r, 'oracle_reward')}</td>" + (f"<td>{_pm(r, 'proxy_reward', '+.2f')}</td>" if proxy else "") +
                    f"<td>{r['kl_mean']:.2f} ± {r.get('kl_ci95', nan):.2f}</td><td>{r['kl_median']:.2f}</td>"
                    f"<td>{r.get('kl_p95', nan):.2f}</td><td>{r['eos_rate']:.2f}</td>"
                    f"<td>{r['seconds']:.0f}{' ⚠ KL guard' if r.get('kl_flag') else ''}</td></tr>"
@@ -221,7 +244,7 @@ def _examples(metrics: dict) -> str:
         if m not in metrics: continue
         items = "".join(f"<li><b>{html.escape(e['prompt'])}</b> {html.escape(e['completion'])} <i>({e['reward']:+.2f})</i></li>"
                         for e in metrics[m].get("examples", []))
-        out.append(f"<h3>{m.upper()}</h3><ul>{items}</ul>")
+        out.append(f"<h3>{method_label(m)}</h3><ul>{items}</ul>")
     return "".join(out)
 
 def demo_report(metrics: dict) -> str:
@@ -233,7 +256,9 @@ def demo_report(metrics: dict) -> str:
              "th:first-child,td:first-child{text-align:left}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf_nb demo report</title><style>{style}</style></head><body>"
             f"<h1>Controlled sentiment generation</h1><p>Each policy is scored by the oracle (VADER's compound score of the "
-            f"completion, in [−1, 1]) on held-out prompts, against its mean KL from the SFT policy (±: 95% confidence intervals). Reward-model held-out "
+            f"completion, in [−1, 1]) on held-out prompts, against its mean KL from the SFT policy (±: 95% confidence intervals); "
+            f"beside it the reward model's score of the same samples, the proxy that best-of-n, PPO, RLOO, GRPO and online DPO chase. "
+            f"Best-of-n's KL is exact, log n − (n − 1)/n. Reward-model held-out "
             f"accuracy: <b>{rm.get('accuracy', float('nan')):.3f}</b>.{_pairs(metrics)} "
             f"Total time: {metrics.get('total_seconds', 0):.0f} s.</p>"
             f"{fig}<h2>Results</h2>{_table(metrics)}{_targets(metrics)}<h2>Example completions</h2>{_examples(metrics)}</body></html>")
