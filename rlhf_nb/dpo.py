@@ -4,27 +4,13 @@
 
 # %% ../nbs/14_dpo.ipynb #4e549ac8
 from __future__ import annotations
-import hashlib, json, os, shutil
-from dataclasses import dataclass, field, replace
-from functools import partial
-from pathlib import Path
+import importlib
 from typing import Callable
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
-import datasets
-import pyarrow.compute as pa_compute
-from tqdm.auto import tqdm
-from .core import sequence_logps
-from .models import reference_model, frozen_copy, is_peft
-from .data import tokenize_preferences, PreferenceCollator
-from .train import TrainConfig, Trainer, evaluate, process_state
 
 # %% auto #0
-__all__ = ['DPO_LOSSES', 'dpo_loss', 'robust_dpo_loss', 'hinge_loss', 'preference_metrics', 'concatenated_logps',
-           'reference_logps', 'data_fingerprint', 'model_fingerprint', 'precompute_reference_logps', 'preference_batch',
-           'evaluate_preferences', 'get_loss', 'DPOConfig', 'dpo']
+__all__ = ['DPO_LOSSES', 'dpo_loss', 'plackett_luce_loss', 'robust_dpo_loss', 'hinge_loss', 'get_loss', 'preference_metrics']
 
 # %% ../nbs/14_dpo.ipynb #a23d0a52
 def _check_logps(fn: str, **tensors: torch.Tensor):
@@ -80,6 +66,28 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, # (B,) log π_θ(y_w|x), summed 
     losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     return (losses, *_implicit_rewards(beta, *logps))
 
+# %% ../nbs/14_dpo.ipynb #d093aa67
+def _check_rankings(fn: str, **tensors: torch.Tensor):
+    "Raise unless every named tensor is a float (B, K) tensor with K ≥ 2, all of one shape."
+    shapes = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim != 2 or t.shape[1] < 2:
+            got = f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{fn}: {name} must be a float tensor of shape (B, K), K >= 2 responses per ranking, got {got}")
+        shapes[name] = tuple(t.shape)
+    if len(set(shapes.values())) > 1: raise ValueError(f"{fn}: the inputs differ in shape: {shapes}")
+
+def plackett_luce_loss(policy_logps: torch.Tensor, # (B, K) log π_θ(y_k|x), columns in ranked order: column 0 the most preferred
+                       ref_logps: torch.Tensor, # (B, K) log π_ref(y_k|x), the same order
+                       beta: float = 0.1, # β, as in `dpo_loss`
+                      ) -> tuple[torch.Tensor, torch.Tensor]: # losses (B,), rewards (B, K) β·(log π_θ − log π_ref), detached
+    "Per-ranking DPO loss under Plackett–Luce (DPO App. A.3): Σ_k [log Σ_{j≥k} e^{s_j} − s_k], s = β(log π_θ − log π_ref)."
+    _check_positive("plackett_luce_loss", "beta", beta)
+    _check_rankings("plackett_luce_loss", policy_logps=policy_logps, ref_logps=ref_logps)
+    s = beta * (policy_logps - ref_logps)                                   # (B, K) implicit rewards, best first
+    tail = torch.logcumsumexp(s.flip(-1), -1).flip(-1)                      # (B, K) log Σ_{j ≥ k} e^{s_j}
+    return (tail - s)[:, :-1].sum(-1), s.detach()                           # the last factor is 1
+
 # %% ../nbs/14_dpo.ipynb #3757a2c0
 def robust_dpo_loss(policy_chosen_logps: torch.Tensor, # (B,) log π_θ(y_w|x)
                     policy_rejected_logps: torch.Tensor, # (B,) log π_θ(y_l|x)
@@ -111,6 +119,20 @@ def hinge_loss(policy_chosen_logps: torch.Tensor, # (B,) log π_θ(y_w|x)
     losses = torch.relu(1 - beta * h)                                       # zero once h ≥ 1/β
     return (losses, *_implicit_rewards(beta, *logps))
 
+# %% ../nbs/14_dpo.ipynb #4779680f
+DPO_LOSSES = {"sigmoid": dpo_loss, "robust": robust_dpo_loss, "hinge": hinge_loss}   # the losses a config names
+
+def get_loss(loss: str | Callable, # a name in `DPO_LOSSES`, "module:function", or the function itself
+             registry: dict | None = None, # names to look up (default `DPO_LOSSES`)
+            ) -> Callable:
+    "The loss function a config names: a registered name, an importable `module:function`, or a callable as it is."
+    from rlhf_nb.config import import_object
+    registry = DPO_LOSSES if registry is None else registry
+    if callable(loss): return loss
+    if loss in registry: return registry[loss]
+    if isinstance(loss, str) and ":" in loss: return import_object(loss, what="loss")
+    raise ValueError(f"loss={loss!r}: choose one of {sorted(registry)}, a 'module:function', or pass the function itself")
+
 # %% ../nbs/14_dpo.ipynb #aa416807
 def preference_metrics(chosen_rewards: torch.Tensor, # (B,) implicit rewards of the chosen responses
                        rejected_rewards: torch.Tensor, # (B,) implicit rewards of the rejected responses
@@ -126,283 +148,15 @@ def preference_metrics(chosen_rewards: torch.Tensor, # (B,) implicit rewards of 
             "logps/chosen": policy_chosen_logps.detach().float().mean(),
             "logps/rejected": policy_rejected_logps.detach().float().mean()}
 
-# %% ../nbs/14_dpo.ipynb #2c05e872
-def concatenated_logps(model: nn.Module, # the policy (or the reference): a causal LM
-                       batch: dict, # from `PreferenceCollator`: input_ids, attention_mask, labels (2B, T), chosen rows first
-                       average: bool = False, # mean over response tokens instead of the sum
-                      ) -> tuple[torch.Tensor, torch.Tensor]: # chosen_logps (B,), rejected_logps (B,)
-    "Per-sequence log-probs of the chosen and the rejected responses from one forward pass over the stacked (2B, T) batch."
-    n = batch["input_ids"].shape[0]
-    if n % 2: raise ValueError(f"concatenated_logps: the batch has {n} rows; expected the chosen rows then the rejected rows (2B)")
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits  # (2B, T, V)
-    logps = sequence_logps(logits, batch["labels"], average=average)                                          # (2B,)
-    return logps[: n // 2], logps[n // 2:]
+# %% ../nbs/14_dpo.ipynb #85a459ee
+_TRAINER_NAMES = {"concatenated_logps", "reference_logps", "_REF_COLUMNS", "_REF_NOTE", "_PAIR_COLUMNS", "_reference_pass", "_sha",
+                  "data_fingerprint", "_VOLATILE", "_base_name", "_weights_signature", "model_fingerprint", "_cache_key", "_mismatch",
+                  "_save_reference", "_load_reference", "_precompute", "precompute_reference_logps", "preference_batch",
+                  "evaluate_preferences", "DPOConfig", "_check_loss", "_setup_reference", "_precompute_pairs", "_fit_preferences", "dpo"}
 
-# %% ../nbs/14_dpo.ipynb #4bf88dc1
-def reference_logps(policy: nn.Module, # the policy being trained
-                    ref: nn.Module | None, # a separate reference model; None = `policy` with its LoRA adapters off
-                    batch: dict, # a (2B, T) preference batch, possibly with precomputed `ref_chosen_logps` / `ref_rejected_logps`
-                    average: bool = False, # mean over response tokens instead of the sum
-                   ) -> tuple[torch.Tensor, torch.Tensor]: # ref_chosen_logps (B,), ref_rejected_logps (B,)
-    "Reference log-probs of the chosen and rejected responses: the batch's precomputed columns if present, else a no-grad forward."
-    if "ref_chosen_logps" in batch: return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-    with reference_model(policy, ref) as m: return concatenated_logps(m, batch, average)
+def __getattr__(name: str):
+    "The trainer's names, moved to `rlhf_nb.dpo_trainer`, stay importable from here (PEP 562: imported on first use)."
+    if name in _TRAINER_NAMES: return getattr(importlib.import_module("rlhf_nb.dpo_trainer"), name)
+    raise AttributeError(f"module 'rlhf_nb.dpo' has no attribute {name!r}")
 
-# %% ../nbs/14_dpo.ipynb #c1a88d8d
-_REF_COLUMNS, _REF_NOTE = ("ref_chosen_logps", "ref_rejected_logps"), "rlhf_nb_reference.json"
-_PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")   # what the reference reads
-
-def _reference_pass(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, batch_size: int) -> dict[str, list[float]]:
-    "`logps_fn(reference, batch)` for every row of `dataset`, in order, in one no-grad pass (a peft model with its adapters off)."
-    dl = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)                        # not shuffled
-    device, cols, was_training = next(model.parameters()).device, {c: [] for c in columns}, model.training
-    model.eval()                                                            # no dropout in a reference
-    try:
-        with reference_model(model, None if is_peft(model) else model) as m:
-            for batch in tqdm(dl, desc="reference log-probs", disable=not process_state().is_main_process):
-                logps = logps_fn(m, {k: v.to(device) for k, v in batch.items()})             # tuple of (B,)
-                for c, lp in zip(columns, logps): cols[c] += lp.float().cpu().tolist()
-    finally: model.train(was_training)
-    return cols
-
-# %% ../nbs/14_dpo.ipynb #a9ffc826
-def _sha(*parts) -> str: return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
-
-def data_fingerprint(dataset: datasets.Dataset, # tokenized rows
-                     columns: tuple[str, ...] = _PAIR_COLUMNS, # the token-id columns the reference reads
-                     **settings, # anything else its numbers depend on, e.g. a cut the collator applies
-                    ) -> str:
-    "sha256 over each row's length and ids in `columns`, in order, and `settings`: equal exactly when the reference reads the same tokens."
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    table = dataset.select_columns(list(columns)).with_format("arrow")[:]        # the dataset's rows, in its order
-    for c in columns:
-        h.update(c.encode())
-        for part in (pa_compute.list_value_length(table.column(c)), pa_compute.list_flatten(table.column(c))):   # (rows,), (tokens,)
-            h.update(part.to_numpy().astype("<i8").tobytes())
-    return h.hexdigest()
-
-# %% ../nbs/14_dpo.ipynb #879afa16
-_VOLATILE = {"_name_or_path", "transformers_version", "use_cache", "architectures", "dtype", "torch_dtype"}
-
-def _base_name(name: str) -> str:
-    "A peft parameter's name as the plain model has it."
-    return name.replace("base_model.model.", "", 1).replace(".base_layer", "").replace(".original_module", "")
-
-@torch.no_grad()
-def _weights_signature(model: nn.Module) -> str:
-    "sha256 over each base weight's name, shape, dtype, float64 sum and norm (9 significant digits) and 16 of its entries."
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if "lora_" in name or "modules_to_save" in name: continue          # adapters: off in the reference pass
-        flat = p.detach().reshape(-1)                                       # (n,)
-        picks = flat[torch.linspace(0, max(flat.numel() - 1, 0), 16, device=flat.device).long()] if flat.numel() else flat
-        stats = torch.cat([torch.stack([flat.sum(dtype=torch.float64), torch.linalg.vector_norm(flat, dtype=torch.float64)]),
-                           picks.double()]).tolist()                        # one transfer per tensor
-        h.update(_sha(_base_name(name), tuple(p.shape), p.dtype, *(f"{s:.9e}" for s in stats[:2]), *stats[2:]).encode())
-    return h.hexdigest()
-
-def model_fingerprint(model: nn.Module, # a reference model, or a peft policy (its base weights: adapters off)
-                     ) -> dict[str, str | None]: # name_or_path, config, weights, adapters
-    "A reference's identity: `config._name_or_path`, a hash of its config, a signature of its weights, and 'off' for a peft model's adapters."
-    m = getattr(model, "module", model)
-    cfg = {k: v for k, v in m.config.to_dict().items() if k not in _VOLATILE}
-    return {"name_or_path": getattr(m.config, "_name_or_path", ""), "config": _sha(json.dumps(cfg, sort_keys=True, default=str)),
-            "weights": _weights_signature(m), "adapters": "off" if is_peft(m) else None}
-
-# %% ../nbs/14_dpo.ipynb #af8b9896
-def _cache_key(model, dataset, data_columns: tuple, reduction: str, **settings) -> dict:
-    "What cached reference numbers depend on: the rows (count and token ids), the model, the reduction."
-    return {"format": 2, "rows": len(dataset), "data": data_fingerprint(dataset, data_columns, **settings),
-            "model": model_fingerprint(model), "reduction": reduction}
-
-def _mismatch(saved: dict, key: dict) -> list[str]:
-    "What differs between a cache's record and this call's key, in words (the `adapters` note is not compared)."
-    out = [f"rows differ (cached {saved['rows']}, now {key['rows']})"] if saved["rows"] != key["rows"] else []
-    if saved["data"] != key["data"]:
-        out.append("data differ (other token ids: other rows or another order, tokenizer, chat template, max_length or max_prompt_length)")
-    old, new = saved["model"], key["model"]
-    parts = [k if k != "name_or_path" else f"name_or_path {old.get(k)!r} -> {new[k]!r}"
-             for k in ("name_or_path", "config", "weights") if old.get(k) != new[k]]
-    if parts: out.append(f"model differs ({'; '.join(parts)})")
-    if saved["reduction"] != key["reduction"]: out.append(f"reduction differs (cached {saved['reduction']}, now {key['reduction']})")
-    return out
-
-def _save_reference(cols: dict, cache: Path, key: dict):
-    "Write the columns to the folder `cache` (a `save_to_disk` dataset and the record `key`), atomically."
-    tmp = cache.with_name(cache.name + ".tmp")
-    if tmp.exists(): shutil.rmtree(tmp)
-    datasets.Dataset.from_dict(cols).save_to_disk(str(tmp))
-    (tmp / _REF_NOTE).write_text(json.dumps(key, indent=1))
-    os.replace(tmp, cache)
-
-def _load_reference(cache: Path, key: dict, columns: tuple) -> dict[str, list[float]]:
-    "The `columns` saved in `cache`, after checking that its record is `key` (rows, data, model, reduction)."
-    note = cache / _REF_NOTE
-    saved = json.loads(note.read_text()) if note.exists() else {}
-    if saved.get("format") != key["format"]:
-        raise ValueError(f"ref cache {str(cache)!r} exists but holds no record of the data and the model its log-probs were "
-                         "computed for (it was not written by this version of rlhf_nb): delete the folder or pass another one")
-    if diff := _mismatch(saved, key):
-        raise ValueError(f"ref cache {str(cache)!r} was computed for another run: {'; '.join(diff)}. Its log-probs would be "
-                         "stale: delete the folder to compute them again, or pass another ref_cache folder")
-    saved_ds = datasets.load_from_disk(str(cache))
-    return {c: saved_ds[c] for c in columns}
-
-# %% ../nbs/14_dpo.ipynb #3436fbd4
-def _precompute(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, data_columns: tuple,
-                reduction: str, batch_size: int, cache, **settings) -> datasets.Dataset:
-    "`dataset` with the reference's `columns`: loaded from `cache` if it was made for this key, else computed (and saved there)."
-    cache = None if cache is None else Path(cache)
-    key = None if cache is None else _cache_key(model, dataset, data_columns, reduction, **settings)
-    if cache is not None and cache.exists(): cols = _load_reference(cache, key, columns)
-    else:
-        cols = _reference_pass(model, dataset, collate_fn, logps_fn, columns, batch_size)
-        if cache is not None and process_state().is_main_process: _save_reference(cols, cache, key)
-    dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
-    for c in columns: dataset = dataset.add_column(c, cols[c])
-    return dataset
-
-def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, or a peft policy (its adapters are switched off)
-                               dataset: datasets.Dataset, # from `tokenize_preferences`
-                               pad_token_id: int,
-                               batch_size: int = 8, # pairs per forward pass
-                               average: bool = False, # mean over response tokens instead of the sum, as the trainer will use
-                               cache: str | Path | None = None, # folder: loaded if it was made for this data, model and reduction, else written
-                              ) -> datasets.Dataset:
-    "`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, computed in one no-grad pass (or loaded from a matching `cache`)."
-    return _precompute(ref_or_policy, dataset, PreferenceCollator(pad_token_id), lambda m, b: concatenated_logps(m, b, average),
-                       _REF_COLUMNS, _PAIR_COLUMNS, "mean" if average else "sum", batch_size, cache)
-
-# %% ../nbs/14_dpo.ipynb #722eb90c
-def preference_batch(model: nn.Module, # the policy
-                     batch: dict, # a (2B, T) preference batch
-                     loss_fn: Callable = dpo_loss, # (pc, pr, rc, rr, **loss_kwargs) -> (losses, chosen_rewards, rejected_rewards); (pc, pr, ...) when reference_free
-                     ref: nn.Module | None = None, # a separate reference; None = adapters off, or the batch's precomputed columns
-                     average: bool = False, # token-mean log-probs instead of sums, for policy and reference alike
-                     reference_free: bool = False, # no reference at all: `loss_fn` gets the policy's two log-probs only (SimPO, ORPO)
-                     metrics_fn: Callable | None = None, # (pc, pr) -> more metrics for this objective, e.g. ORPO's log-odds
-                     **loss_kwargs, # passed to `loss_fn`: beta, label_smoothing, tau, ...
-                    ) -> tuple[torch.Tensor, dict]: # mean loss, metrics
-    "One preference-optimisation step: policy and reference log-probs, `loss_fn`, the mean loss and TRL-named metrics."
-    # the reference first: its activations are freed before the policy's, kept for backward, pile up (a lower peak)
-    ref_logps = () if reference_free else reference_logps(model, ref, batch, average)       # (B,), (B,) no grad; or nothing
-    policy_chosen_logps, policy_rejected_logps = concatenated_logps(model, batch, average)   # (B,), (B,) one forward
-    losses, chosen_rewards, rejected_rewards = loss_fn(policy_chosen_logps, policy_rejected_logps, *ref_logps, **loss_kwargs)
-    metrics = preference_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
-    if metrics_fn is not None: metrics.update(metrics_fn(policy_chosen_logps.detach(), policy_rejected_logps.detach()))
-    return losses.mean(), metrics
-
-# %% ../nbs/14_dpo.ipynb #7eaf68aa
-def evaluate_preferences(model: nn.Module, # the policy
-                         dataset, # tokenized preference rows (`tokenize_preferences`), possibly with precomputed reference columns
-                         pad_token_id: int,
-                         ref: nn.Module | None = None, # as in `preference_batch`
-                         loss_fn: Callable = dpo_loss, # the loss whose value is reported
-                         batch_size: int = 16,
-                         average: bool = False, # token-mean log-probs instead of sums
-                         reference_free: bool = False, # as in `preference_batch`: no reference, a loss of the policy's log-probs
-                         metrics_fn: Callable | None = None, # as in `preference_batch`
-                         **loss_kwargs, # beta, label_smoothing, tau, ...
-                        ) -> dict[str, float]: # "loss" and the `preference_metrics`, averaged over pairs
-    "Loss and preference metrics of `model` on `dataset`, averaged over pairs, without gradients and in eval mode."
-    if ref is not None: ref.to(next(model.parameters()).device)          # both models on the policy's device
-    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, reference_free, metrics_fn, **loss_kwargs)
-    return evaluate(model, fn, dataset, PreferenceCollator(pad_token_id), batch_size=batch_size)
-
-# %% ../nbs/14_dpo.ipynb #a5c08956
-DPO_LOSSES = {"sigmoid": dpo_loss, "robust": robust_dpo_loss, "hinge": hinge_loss}   # the losses a config names
-
-def get_loss(loss: str | Callable, # a name in `DPO_LOSSES`, "module:function", or the function itself
-             registry: dict | None = None, # names to look up (default `DPO_LOSSES`)
-            ) -> Callable:
-    "The loss function a config names: a registered name, an importable `module:function`, or a callable as it is."
-    from rlhf_nb.config import import_object
-    registry = DPO_LOSSES if registry is None else registry
-    if callable(loss): return loss
-    if loss in registry: return registry[loss]
-    if isinstance(loss, str) and ":" in loss: return import_object(loss, what="loss")
-    raise ValueError(f"loss={loss!r}: choose one of {sorted(registry)}, a 'module:function', or pass the function itself")
-
-@dataclass
-class DPOConfig:
-    "What DPO minimises, and how its data and its reference are prepared."
-    beta: float = 0.1                     # β of eq. 7: the KL strength
-    loss: str | Callable = "sigmoid"      # a name in `DPO_LOSSES` ("sigmoid", "robust", "hinge"), or any function with their signature
-    label_smoothing: float | None = None  # ε for dpo_loss (cDPO) / robust_dpo_loss; None = the loss's default
-    loss_kwargs: dict = field(default_factory=dict)  # any further keyword arguments of `loss`
-    average_logps: bool = False           # token-mean log-probs instead of sums (eq. 7 uses sums)
-    max_length: int = 512                 # prompt + response + EOS, in tokens
-    max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
-    chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
-    num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
-    precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
-    ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
-
-    def __post_init__(self):
-        from rlhf_nb.config import check_ranges
-        get_loss(self.loss)                                               # an unknown name fails here, not after loading a model
-        check_ranges(self, beta=">0", label_smoothing="[0,0.5)", max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
-
-
-# %% ../nbs/14_dpo.ipynb #9602ce98
-def _check_loss(loss_fn: Callable, kwargs: dict, reference_free: bool = False):
-    "Call `loss_fn` once on log-probs of −1 (two of them when `reference_free`), so that a wrong setting fails before any data is read or model run."
-    z, name = torch.full((1,), -1.0), getattr(loss_fn, "__name__", "the loss")
-    try: out = loss_fn(*(z,) * (2 if reference_free else 4), **kwargs)
-    except TypeError as e:
-        raise TypeError(f"{name} cannot be called with {sorted(kwargs)} ({e}); leave out what it does not take, "
-                        "e.g. label_smoothing=None for hinge_loss") from e
-    if not (isinstance(out, tuple) and len(out) == 3):
-        raise TypeError(f"{name} must return (losses, chosen_rewards, rejected_rewards), each of shape (B,)")
-
-def _setup_reference(model, ref_model, ds, precompute: Callable | None = None):
-    "The dataset and the reference a batch function needs: columns from `precompute(reference, ds)` (no model), else `ref_model`, None (adapters off) or a frozen copy."
-    if precompute is not None:
-        src, state = (model if ref_model is None else ref_model), process_state()
-        with state.main_process_first(): ds = precompute(src.to(state.device), ds)   # the main process writes the cache first
-        return ds, None
-    return ds, (frozen_copy(model) if ref_model is None and not is_peft(model) else ref_model)
-
-# %% ../nbs/14_dpo.ipynb #48abbc1c
-def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg):
-    "`precompute_reference_logps` with a config's reduction and cache."
-    return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
-
-def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
-                     eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, reference_free: bool = False,
-                     metrics_fn: Callable | None = None, **loss_kwargs) -> Trainer:
-    "Tokenize preference `rows` (and `eval_rows`), set up the reference (none when `reference_free`), and minimise `loss_fn` with `preference_batch` in the shared loop."
-    _check_loss(loss_fn, loss_kwargs, reference_free)
-    if reference_free and ref_model is not None: raise ValueError(f"{objective}: a reference-free objective takes no ref_model")
-    config = config or TrainConfig()
-    tok = lambda r: tokenize_preferences(r, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                         chat_template_kwargs=cfg.chat_template_kwargs, num_proc=cfg.num_proc)
-    (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
-    ref = None                                                               # reference-free: no copy, no pass, no columns
-    if not reference_free:
-        pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
-        if eval_ds is not None and cfg.precompute_ref:                       # the held-out pairs' reference, before training too
-            eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
-        ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
-    batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, reference_free=reference_free,
-                       metrics_fn=metrics_fn, **loss_kwargs)
-    trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
-                      frozen=() if ref is None else (ref,), eval_dataset=eval_ds, callbacks=callbacks,
-                      record=dict(objective=objective, objective_config=cfg, data_report=report, extra=run_info))
-    trainer.fit()
-    return trainer
-
-def dpo(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft or not)
-        tokenizer, # with a pad token
-        rows, # anything `load_rows` accepts: prompt/chosen/rejected rows (strings or messages)
-        config: TrainConfig | None = None, # how to optimise
-        dpo: DPOConfig | None = None, # β, the loss, the data lengths, the reference mode
-        ref_model: nn.Module | None = None, # the reference; None = adapters off (peft) or a frozen copy of `model` made here
-        eval_rows=None, # held-out pairs: loss and implicit-reward metrics every `config.eval_every` steps and at the end
-        callbacks: list | tuple = (), # see `Trainer`
-        run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}
-       ) -> Trainer:
-    "DPO (or the variant in `dpo.loss`) of `model` on preference `rows` with the shared loop; returns the finished `Trainer`."
-    dpo = dpo or DPOConfig()
-    kwargs = {"beta": dpo.beta, **({} if dpo.label_smoothing is None else {"label_smoothing": dpo.label_smoothing}), **dpo.loss_kwargs}
-    return _fit_preferences(model, tokenizer, rows, config, dpo, ref_model, get_loss(dpo.loss), eval_rows, callbacks, "dpo", run_info, **kwargs)
+def __dir__(): return sorted(set(globals()) | _TRAINER_NAMES)

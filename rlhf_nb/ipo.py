@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 from torch import nn
-from .dpo import _check_positive, _margin, _implicit_rewards, _fit_preferences, evaluate_preferences
+from .dpo import _check_positive, _margin, _implicit_rewards
+from .dpo_trainer import _fit_preferences, evaluate_preferences
 from .train import TrainConfig, Trainer
 
 # %% auto #0

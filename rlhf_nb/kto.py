@@ -15,7 +15,8 @@ from .core import masked_mean, sequence_logps
 from .models import reference_model, frozen_copy, is_peft
 from .data import load_rows, tokenize_unpaired, unpair_preferences, add_mismatched_completions, UnpairedCollator
 from .train import TrainConfig, Trainer
-from .dpo import _check_logps, _check_positive, concatenated_logps, _precompute, _setup_reference
+from .dpo import _check_logps, _check_positive
+from .dpo_trainer import concatenated_logps, _precompute, _setup_reference
 
 # %% auto #0
 __all__ = ['kto_reference_kl', 'kto_loss', 'kto_weights', 'kto_metrics', 'kto_batch', 'kto_prepare',
