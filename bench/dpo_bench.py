@@ -40,7 +40,7 @@ def peak_mib(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 # ---------------------------------------------------------------------------------------------- the variants
 def run_rlhf_nb(steps, precompute):
     from rlhf_nb.train import TrainConfig
-    from rlhf_nb.dpo import dpo, DPOConfig
+    from rlhf_nb.dpo_trainer import dpo, DPOConfig
     from rlhf_nb.models import frozen_copy
     import tempfile
     tok = tokenizer(); policy = model(tok); ref = None if precompute else frozen_copy(policy)

@@ -24,7 +24,7 @@ def setup():
 
 def run_rlhf_nb(updates):
     import tempfile
-    from rlhf_nb.ppo import ppo, PPOConfig
+    from rlhf_nb.ppo_trainer import ppo, PPOConfig
     from rlhf_nb.train import TrainConfig
     tok, policy, rm, value, prompts = setup()
     cfg = TrainConfig(output_dir=tempfile.mkdtemp(), max_steps=updates, batch_size=PROMPTS, lr=1e-5, progress=False,
@@ -59,7 +59,7 @@ def run_trl(updates):
 
 def run_generation(updates, ours: bool):
     import torch
-    from rlhf_nb.ppo import sample_responses, PPOConfig
+    from rlhf_nb.ppo_trainer import sample_responses, PPOConfig
     tok, policy, *_ , prompts = setup()
     policy.eval()
     tok.padding_side = "left"

@@ -1,5 +1,5 @@
 """Does PPO learn? rlhf_nb's PPO against a plain REINFORCE with a batch-mean baseline, on a task a tiny random Llama
-can learn: the reward is the share of a–z letters in a 32-token completion of a few-word prompt (13_ppo, "Does PPO
+can learn: the reward is the share of a–z letters in a 32-token completion of a few-word prompt (13b_ppo_trainer, "Does PPO
 learn? A baseline").
 
 Both methods see the same number of sampled responses, use the same learning rate, AdamW, gradient clipping at 1.0,
@@ -54,7 +54,7 @@ def evaluate(policy, ref, cfg, n_prompts=64, k=4, seed=1234) -> dict:
     "Mean score and mean k1 sequence KL(π‖π_ref) of `policy` on held-out prompts, k samples each, at cfg's temperature."
     from rlhf_nb.core import token_logps
     from rlhf_nb.data import tokenize_prompts, PromptCollator
-    from rlhf_nb.ppo import sample_responses, score_responses
+    from rlhf_nb.ppo_trainer import sample_responses, score_responses
     tok, dev = tokenizer(), next(policy.parameters()).device
     ds, _ = tokenize_prompts(prompt_rows(n_prompts, seed) * k, tok, cfg.max_prompt_length)
     policy.eval(); ref.eval()
@@ -75,11 +75,11 @@ def evaluate(policy, ref, cfg, n_prompts=64, k=4, seed=1234) -> dict:
 
 @torch.no_grad()
 def optimum(seed: int, cli_args: list[str], beta: float | None = None, n_prompts=64, k=4, eval_seed=1234) -> dict:
-    "≈ score and KL of the maximiser of E[S] − β·KL for `letter_share` (13_ppo, *The best any policy can do*)."
+    "≈ score and KL of the maximiser of E[S] − β·KL for `letter_share` (13b_ppo_trainer, *The best any policy can do*)."
     from rlhf_nb.core import token_logps
     from rlhf_nb.data import tokenize_prompts, PromptCollator
     from rlhf_nb.models import tiny_llama
-    from rlhf_nb.ppo import sample_responses
+    from rlhf_nb.ppo_trainer import sample_responses
     tok = tokenizer()
     _, cfg = cli_configs(cli_args, tempfile.mkdtemp())
     beta = cfg.kl_coef if beta is None else beta
@@ -105,7 +105,7 @@ def optimum(seed: int, cli_args: list[str], beta: float | None = None, n_prompts
 def run_ppo(seed: int, cli_args: list[str], ppo_set: dict, n_prompts=128) -> dict:
     "rlhf_nb's `ppo` with the CLI's configuration for `cli_args` (+ PPOConfig fields in `ppo_set`)."
     from rlhf_nb.models import tiny_llama, frozen_copy
-    from rlhf_nb.ppo import ppo
+    from rlhf_nb.ppo_trainer import ppo
     tok = tokenizer()
     train_cfg, cfg = cli_configs(cli_args, tempfile.mkdtemp())
     train_cfg = replace(train_cfg, seed=seed, save_final=False)
@@ -137,7 +137,7 @@ def run_reinforce(seed: int, cli_args: list[str], ppo_set: dict, n_prompts=128, 
     from rlhf_nb.core import token_logps
     from rlhf_nb.data import tokenize_prompts, PromptCollator
     from rlhf_nb.models import tiny_llama, frozen_copy
-    from rlhf_nb.ppo import sample_responses, score_responses
+    from rlhf_nb.ppo_trainer import sample_responses, score_responses
     from transformers import get_scheduler
     from rlhf_nb.train import _SCHEDULES
     tok = tokenizer()

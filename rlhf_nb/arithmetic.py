@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 from .data import tokenize_prompts, PromptCollator
 from .models import tiny_llama
-from .ppo import _plain_sampling
+from .ppo_trainer import _plain_sampling
 from .sft import sft, SFTConfig
 from .train import TrainConfig, Trainer, Callback
 

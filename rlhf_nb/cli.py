@@ -149,7 +149,7 @@ def _preference(c: dict, train: Callable, objective: str) -> dict:
 
 def _cmd_dpo(c: dict) -> dict:
     "Direct preference optimisation (or the variant `--loss` names) on prompt/chosen/rejected rows; with --online, on prompts."
-    from rlhf_nb.dpo import dpo
+    from rlhf_nb.dpo_trainer import dpo
     if not c["OnlineConfig"].online: return _preference(c, dpo, "DPOConfig")
     from rlhf_nb.models import load_policy, load_reference
     from rlhf_nb.online import online_dpo
@@ -224,7 +224,7 @@ def _reward(pm: PPOModelsConfig, mc) -> tuple:
 def _cmd_ppo(c: dict) -> dict:
     "PPO against a reward model or a Python reward function, on prompt rows."
     from rlhf_nb.models import load_policy, load_reference
-    from rlhf_nb.ppo import ppo
+    from rlhf_nb.ppo_trainer import ppo
     pm, mc = c["PPOModelsConfig"], c["ModelConfig"]
     rm, fn = _reward(pm, mc)
     model, tok = load_policy(mc)
@@ -319,7 +319,7 @@ COMMANDS = {
     "rm": _Command("rlhf_nb.reward:RewardConfig", _cmd_rm, {"lr": 1e-5}, "Bradley–Terry reward model (prompt/chosen/rejected rows)",
                    "Train a scalar reward model on preference pairs; --model may be a causal LM (a new head is added) or a "
                    "saved reward model. " + _LR.format("1e-5")),
-    "dpo": _Command("rlhf_nb.dpo:DPOConfig", _cmd_dpo, {"lr": 5e-6}, "DPO and its variants (prompt/chosen/rejected rows)",
+    "dpo": _Command("rlhf_nb.dpo_trainer:DPOConfig", _cmd_dpo, {"lr": 5e-6}, "DPO and its variants (prompt/chosen/rejected rows)",
                     "Direct preference optimisation: the KL-regularized objective solved in closed form. With --online, the "
                     "pairs are sampled from the policy each round (prompt rows) and ranked by --reward-fn / --reward-model; "
                     "--max-steps counts the steps of one round. " + _LR.format("5e-6"), (RewardsConfig, OnlineConfig)),
@@ -333,11 +333,11 @@ COMMANDS = {
     "orpo": _Command("rlhf_nb.orpo:ORPOConfig", _cmd_orpo, {"lr": 5e-6}, "ORPO, SFT and preference in one stage (prompt/chosen/rejected rows)",
                      "Odds-ratio preference optimisation: the NLL of the chosen response plus --lam times a log-odds-ratio "
                      "term; no reference model and no separate SFT. " + _LR.format("5e-6")),
-    # prompts per rollout: at equal samples, 32 × 40 updates learn more per nat than 8 × 160 (13_ppo)
-    "ppo": _Command("rlhf_nb.ppo:PPOConfig", _cmd_ppo, {"lr": 1e-5, "batch_size": 32}, "PPO against a reward model or a reward function (prompt rows)",
+    # prompts per rollout: at equal samples, 32 × 40 updates learn more per nat than 8 × 160 (13b_ppo_trainer)
+    "ppo": _Command("rlhf_nb.ppo_trainer:PPOConfig", _cmd_ppo, {"lr": 1e-5, "batch_size": 32}, "PPO against a reward model or a reward function (prompt rows)",
                     "PPO with a KL-penalized reward. --batch-size is prompts per rollout (default 32); --max-steps counts PPO "
                     "updates (a rollout and its epochs). --lr defaults to 1e-5, for a pretrained or SFT model; a randomly "
-                    "initialised tiny model needs about 1e-3 (13_ppo, 'Does PPO learn?').", (PPOModelsConfig,)),
+                    "initialised tiny model needs about 1e-3 (13b_ppo_trainer, 'Does PPO learn?').", (PPOModelsConfig,)),
     "grpo": _Command("rlhf_nb.grpo:GRPOConfig", _cmd_grpo, {"lr": 1e-6, "batch_size": 8}, "GRPO against reward functions and/or a reward model (prompt rows)",
                      "Group relative policy optimisation: --num-generations responses per prompt, each scored by the "
                      "--reward-fn functions (called with the dataset's other columns) and/or --reward-model; advantages "

@@ -16,10 +16,10 @@ from .models import load_causal_lm, load_scalar_model, load_tokenizer, scalar_sc
 from .train import TrainConfig
 from .sft import sft, SFTConfig
 from .reward import train_reward_model, evaluate_reward_model, RewardConfig
-from .dpo import dpo, DPOConfig
+from .dpo_trainer import dpo, DPOConfig
 from .ipo import ipo, IPOConfig
 from .kto import kto, KTOConfig
-from .ppo import ppo, PPOConfig, sample_responses
+from .ppo_trainer import ppo, PPOConfig, sample_responses
 from .grpo import grpo, GRPOConfig
 from .simpo import simpo, SimPOConfig
 from .orpo import orpo, ORPOConfig

@@ -149,14 +149,19 @@ def preference_metrics(chosen_rewards: torch.Tensor, # (B,) implicit rewards of 
             "logps/rejected": policy_rejected_logps.detach().float().mean()}
 
 # %% ../nbs/14_dpo.ipynb #85a459ee
+# defined in rlhf_nb.dpo_trainer
 _TRAINER_NAMES = {"concatenated_logps", "reference_logps", "_REF_COLUMNS", "_REF_NOTE", "_PAIR_COLUMNS", "_reference_pass", "_sha",
                   "data_fingerprint", "_VOLATILE", "_base_name", "_weights_signature", "model_fingerprint", "_cache_key", "_mismatch",
                   "_save_reference", "_load_reference", "_precompute", "precompute_reference_logps", "preference_batch",
                   "evaluate_preferences", "DPOConfig", "_check_loss", "_setup_reference", "_precompute_pairs", "_fit_preferences", "dpo"}
+# imported by rlhf_nb.dpo before the split (and by rlhf_nb.dpo_trainer now)
+_TRAINER_IMPORTS = {"hashlib", "json", "os", "shutil", "dataclass", "field", "replace", "partial", "Path", "nn", "DataLoader", "datasets",
+                    "pa_compute", "tqdm", "sequence_logps", "reference_model", "frozen_copy", "is_peft", "tokenize_preferences",
+                    "PreferenceCollator", "TrainConfig", "Trainer", "evaluate", "process_state"}
 
 def __getattr__(name: str):
     "The trainer's names, moved to `rlhf_nb.dpo_trainer`, stay importable from here (PEP 562: imported on first use)."
-    if name in _TRAINER_NAMES: return getattr(importlib.import_module("rlhf_nb.dpo_trainer"), name)
+    if name in _TRAINER_NAMES | _TRAINER_IMPORTS: return getattr(importlib.import_module("rlhf_nb.dpo_trainer"), name)
     raise AttributeError(f"module 'rlhf_nb.dpo' has no attribute {name!r}")
 
-def __dir__(): return sorted(set(globals()) | _TRAINER_NAMES)
+def __dir__(): return sorted(set(globals()) | _TRAINER_NAMES | _TRAINER_IMPORTS)

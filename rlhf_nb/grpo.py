@@ -145,7 +145,7 @@ from .core import token_logps
 from .models import reference_model, frozen_copy, is_peft, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
 from .train import TrainConfig, Trainer, split_batch, process_batches, RowMeans
-from .ppo import sample_responses, _texts, rollout_minibatches, _rollout_rng, _loop_config
+from .ppo_trainer import sample_responses, _texts, rollout_minibatches, _rollout_rng, _loop_config
 
 # %% ../nbs/17_grpo.ipynb #c790c352
 @dataclass

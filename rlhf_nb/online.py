@@ -53,7 +53,7 @@ def online_dpo(policy, tokenizer, rows, # prompts: `{prompt}` rows (other column
               ):
     "Online DPO: `online.rounds` rounds of sampling from the current policy, labelling by reward, and DPO; returns (last Trainer, per-round records)."
     import torch
-    from rlhf_nb.dpo import dpo, DPOConfig
+    from rlhf_nb.dpo_trainer import dpo, DPOConfig
     from rlhf_nb.models import frozen_copy, is_peft
     from rlhf_nb.overopt import score_samples
     from rlhf_nb.train import TrainConfig

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .dpo import _check_logps, _fit_preferences
+from .dpo import _check_logps
+from .dpo_trainer import _fit_preferences
 from .train import TrainConfig, Trainer
 
 # %% auto #0

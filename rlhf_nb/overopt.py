@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from .data import tokenize_prompts, PromptCollator
 from .models import scalar_scores
-from .ppo import PPOConfig, sample_responses, _texts
+from .ppo_trainer import PPOConfig, sample_responses, _texts
 from .core import sequence_logps
 
 # %% auto #0

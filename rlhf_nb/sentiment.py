@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .data import load_rows, tokenize_prompts, PromptCollator
 from .models import tiny_tokenizer, tiny_llama, ensure_pad_token
-from .ppo import truncate_at_stop, _plain_sampling
+from .ppo_trainer import truncate_at_stop, _plain_sampling
 
 # %% auto #0
 __all__ = ['oracle_reward', 'sentiment_reward', 'ReviewWords', 'review_words', 'review_sentence', 'make_corpus', 'in_grammar',

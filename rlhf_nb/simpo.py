@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .dpo import _check_logps, _check_positive, _fit_preferences
+from .dpo import _check_logps, _check_positive
+from .dpo_trainer import _fit_preferences
 from .train import TrainConfig, Trainer
 
 # %% auto #0
