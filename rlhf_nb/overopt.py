@@ -196,14 +196,17 @@ def overoptimization_figure(curves: dict, # name -> rows with a KL ("kl_mean", o
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     fig = make_subplots(rows=1, cols=len(rewards), subplot_titles=[f"{r} reward" for r in rewards])
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+    dashes, families = ["solid", "dash", "dot", "dashdot", "longdash"], {}                  # one dash per method: the name's first word
     for j, (name, rows) in enumerate(curves.items()):
+        dash = dashes[families.setdefault(name.split()[0], len(families)) % len(dashes)]
         kl = [max(r.get("kl_mean", r.get("kl", 0.0)), 1e-2) for r in rows]            # the start (KL 0) drawn at 0.01
         for c, key in enumerate(rewards, 1):
             fig.add_trace(go.Scatter(x=kl, y=[r[key] for r in rows], name=name, legendgroup=name, showlegend=c == 1,
-                                     mode="lines+markers", line=dict(color=palette[j % len(palette)])), row=1, col=c)
+                                     mode="lines+markers", line=dict(color=palette[j % len(palette)], dash=dash)), row=1, col=c)
     fig.update_xaxes(type="log", title_text="mean KL(π ‖ π_SFT) per sequence (nats)")
-    fig.update_layout(title="Reward over-optimisation: proxy and gold reward against KL", height=420, template="plotly_white")
+    fig.update_layout(title="Reward over-optimisation: proxy and gold reward against KL", height=420 + 22 * ((len(curves) + 2) // 3),
+                      template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
     return fig
 
 # %% ../nbs/22_overoptimization.ipynb #04f14d37

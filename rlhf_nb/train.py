@@ -159,6 +159,7 @@ class Trainer:
         self.acc = Accelerator(cpu=_cpu_ddp(), mixed_precision=config.mixed_precision, log_with=_trackers(config.log_with),
                                project_dir=config.output_dir,
                                dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+        _check_sharding(self.acc)
         if self.acc.distributed_type == "DEEPSPEED" and (config.grad_accum > 1 or self.acc.gradient_accumulation_steps > 1):
             raise ValueError("grad_accum > 1 under DeepSpeed: the loop accumulates itself, which DeepSpeed's engine does not "
                              "follow; use grad_accum=1 with a larger batch_size, or DDP/FSDP")
@@ -178,6 +179,15 @@ class Trainer:
 def _check_normalize(normalize):
     if callable(normalize) or normalize in _NORMALIZE: return normalize
     raise ValueError(f"normalize={normalize!r}: choose one of {sorted(_NORMALIZE)} or pass a function batch -> units")
+
+def _check_sharding(acc: Accelerator):
+    "Warn when `accelerate launch` asked for FSDP or DeepSpeed and accelerate did not shard (it shards only on GPUs and other accelerators)."
+    env = os.environ
+    wanted = [k for k, v in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")) if env.get(v, "false").lower() == "true"]
+    if wanted and acc.distributed_type != wanted[0]:
+        warnings.warn(f"{wanted[0]} was requested (accelerate launch --use_{wanted[0].lower()}) but accelerate shards only on GPUs and "
+                      f"other accelerators: this run is {acc.distributed_type.value}, and every process holds the whole model, its "
+                      "gradients and its optimizer state", stacklevel=3)
 
 def _trackers(log_with: str | None) -> list[str] | None:
     "`TrainConfig.log_with` as accelerate's list of tracker names."
