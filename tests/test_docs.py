@@ -54,7 +54,7 @@ def test_build_makes_a_page_per_notebook(site):
     if log: assert re.search(rf"built {len(built)} pages in \d+ s", log), log
     index = (out / "index.html").read_text()
     for p in pages: assert f'href="{p}"' in index, f"the sidebar has no link to {p}"       # navigation between pages
-    assert 'class="next" href="core.html"' in index                                       # and previous/next
+    assert 'class="next" href="notation.html"' in index                                     # and previous/next
     assert (out / "static" / "mathjax" / "MathJax.js").is_file() and (out / "static" / "plotly.min.js").is_file()
 
 def test_pages_are_self_contained(site):
@@ -68,6 +68,8 @@ def test_pages_are_self_contained(site):
         assert 'href="https://rlhf-nb.github.io/rlhf_nb/' not in text, f"{page.name} links to the published site, not to its pages"
         local = re.findall(r'<(?:script|img)\b[^>]*\bsrc="([^":#?]+)', text) + re.findall(r'<link\b[^>]*\bhref="([^":#?]+)', text)
         if full: local += re.findall(r'<a\b[^>]*\bhref="([^":#?]+\.html)', text)
+        nb_links = re.findall(r'<a\b[^>]*\bhref="([^":#?/]+\.ipynb)', text)            # a notebook link not made a page link
+        assert not nb_links, f"{page.name} links to notebooks, not their pages: {sorted(set(nb_links))[:5]}"
         missing = sorted({u for u in local if not (out / u).exists()})
         assert not missing, f"{page.name} points to files the site lacks: {missing}"
 

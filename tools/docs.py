@@ -238,7 +238,15 @@ def render(nb, page: dict, site: dict) -> str:
                next=site["pages"][i + 1] if i + 1 < len(site["pages"]) else None)
     body, _ = ex.from_notebook_node(node, resources=res)
     body = _pandoc_ids(body.replace(f'href="{site["url"]}', 'href="'))      # links between pages stay in the site
+    body = _page_links(body, site)
     return body.replace("<!--TOC-->", _toc(body), 1)
+
+_re_nb_link = re.compile(r'href="([\w.-]+)\.ipynb(#[^"]*)?"')
+
+def _page_links(body: str, site: dict) -> str:
+    "Links between notebooks (`13_ppo.ipynb#gae`) as links between pages (`ppo.html#gae`), as Quarto rewrites them."
+    pages = {Path(p["file"]).stem: p["href"] for p in site["pages"]}
+    return _re_nb_link.sub(lambda m: f'href="{pages[m[1]]}{m[2] or ""}"' if m[1] in pages else m[0], body)
 
 # ---------------------------------------------------------------- one notebook, in its own process
 def build_page(fname: str, site: dict, out: Path, execute_only: bool = False, threads: int | None = None):
@@ -250,6 +258,9 @@ def build_page(fname: str, site: dict, out: Path, execute_only: bool = False, th
     os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ["PLOTLY_RENDERER"] = PLOTLY_RENDERER
+    # bitsandbytes (a dev dependency, imported by peft) logs a warning on CPUs with AVX512-BF16 when the optional
+    # `kernels` package is missing; it is about this machine, not the page, so it stays out of the cell outputs
+    import logging; logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     t0, path = time.time(), cfg.nbs_path / fname
     nb = execute(path, set(cfg.tst_flags.split()))
     if execute_only:
