@@ -4,11 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #ce14e7e0
 from __future__ import annotations
+import contextlib, inspect, warnings
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['masked_mean', 'masked_var', 'masked_whiten', 'token_logps', 'sequence_logps']
+__all__ = ['USE_RESPONSE_LOGITS', 'masked_mean', 'masked_var', 'masked_whiten', 'token_logps', 'sequence_logps',
+           'full_logits_reason', 'response_logps']
 
 # %% ../nbs/00_core.ipynb #dc2aada4
 def masked_mean(x: torch.Tensor, # values, any shape
@@ -102,3 +106,98 @@ def sequence_logps(logits: torch.Tensor, # (B, T, V)
     lp = token_logps(logits, labels, ignore_index)                         # (B, T-1)
     if not average: return lp.sum(-1)
     return masked_mean(lp, labels[:, 1:] != ignore_index, dim=-1)
+
+# %% ../nbs/00_core.ipynb #acc5fcc0
+USE_RESPONSE_LOGITS = True   # False: every model call computes the full (B, T, V) logits, as before
+_HEAD_CHUNK_BYTES = 2 ** 27  # fp32 logits per head chunk: 128 MiB (~220 positions at V = 151,665; fewer, larger chunks are faster)
+
+_AFTER_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")  # Gemma-2, Cohere, Granite, ...
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    "The model inside DDP / DataParallel wrappers (whose `forward` must still be the one called)."
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
+    return model
+
+def _is_fsdp(model: nn.Module) -> bool:
+    "True when any part of `model` is sharded by FSDP (its lm_head weight may be a shard outside `forward`)."
+    try: from torch.distributed.fsdp import FullyShardedDataParallel, FSDPModule
+    except ImportError: return False
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
+
+def full_logits_reason(model: nn.Module) -> str | None:
+    "Why `response_logps` must compute the full logits of `model` (None: it can score the response positions only)."
+    if not USE_RESPONSE_LOGITS: return "switched off (rlhf_nb.core.USE_RESPONSE_LOGITS = False)"
+    inner = _unwrap(model)
+    if _is_fsdp(inner): return "FSDP-sharded model"
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if not isinstance(head, nn.Module): return "no output embedding (get_output_embeddings)"
+    cfg = getattr(inner, "config", None)
+    for k in _AFTER_HEAD:
+        if getattr(cfg, k, None) not in (None, 1, 1.0): return f"config.{k}={getattr(cfg, k)} transforms the logits after the head"
+    return None
+
+def _accepts_logits_to_keep(inner: nn.Module) -> bool:
+    "Whether the causal LM under any peft wrapper takes `logits_to_keep` (transformers ≥ 4.50 causal LMs do)."
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+def _head_context(inner: nn.Module):
+    "The autocast that accelerate wraps `inner.forward` in (mixed_precision bf16/fp16), for the head calls made outside it."
+    if not hasattr(inner, "_original_forward"): return contextlib.nullcontext()
+    from accelerate.utils import get_mixed_precision_context_manager
+    return get_mixed_precision_context_manager(True)
+
+# %% ../nbs/00_core.ipynb #cfaed0b2
+def _chunk_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    "log softmax(head(h))[y] in fp32 for n positions: h (n, H), y (n,) → (n,)."
+    logits = head(h).float()                                               # (n, V) fp32, one chunk only
+    return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+def _scored_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    "`_chunk_logps` over (N, H) positions, `chunk_tokens` at a time; with grad, each chunk's logits are recomputed in backward."
+    grad = torch.is_grad_enabled()
+    f = lambda hc, yc: checkpoint(_chunk_logps, head, hc, yc, use_reentrant=False) if grad else _chunk_logps(head, hc, yc)
+    return torch.cat([f(h[i:i + chunk_tokens], y[i:i + chunk_tokens]) for i in range(0, len(y), chunk_tokens)])
+
+# %% ../nbs/00_core.ipynb #3b6f137c
+def _gather_logps(head: nn.Module, h: torch.Tensor, labels: torch.Tensor, ignore_index: int, V: int, chunk_tokens: int | None):
+    "Scatter the log-probs of the scored positions of `h` (B, T, H) into a (B, T-1) fp32 tensor of zeros."
+    y = labels[:, 1:]                                                      # (B, T-1): the shift
+    b, t = (y != ignore_index).nonzero(as_tuple=True)                      # (N,), (N,): the scored positions
+    if len(b) and (y[b, t].min() < 0 or y[b, t].max() >= V):
+        raise ValueError(f"response_logps: labels must be in [0, {V}) or {ignore_index}")
+    n = chunk_tokens or max(1, _HEAD_CHUNK_BYTES // (4 * V))
+    vals = _scored_logps(head, h[b, t], y[b, t], n) if len(b) else h.sum() * 0   # (N,); no scored token: 0, still in the graph
+    return torch.zeros(y.shape, dtype=torch.float32, device=h.device).index_put((b, t), vals.float())
+
+def _head_matches(head: nn.Module, h: torch.Tensor, logits: torch.Tensor) -> bool:
+    "Whether the model's last-position logits are `head` of its last hidden state, i.e. nothing is applied after the head."
+    with torch.no_grad(): mine, theirs = head(h[:, -1:]).float(), logits[:, -1:].float()   # (B, 1, V)
+    tol = 16 * torch.finfo(logits.dtype).eps * (1 + theirs.abs().max())
+    return bool((mine - theirs).abs().max() <= tol)
+
+def _full_path(model, input_ids, attention_mask, labels, ignore_index, kw) -> torch.Tensor:
+    "Today's path: the full (B, T, V) logits, then `token_logps`."
+    return token_logps(model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits, labels, ignore_index)
+
+def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / accelerate or peft
+                   input_ids: torch.Tensor, # (B, T)
+                   attention_mask: torch.Tensor, # (B, T)
+                   labels: torch.Tensor, # (B, T) aligned with `input_ids`; `ignore_index` where not scored
+                   ignore_index: int = -100,
+                   chunk_tokens: int | None = None, # positions per head call; None: ~128 MiB of fp32 logits per chunk
+                   **kwargs, # more arguments of the model's forward, e.g. use_cache=False
+                  ) -> torch.Tensor: # (B, T-1) fp32
+    "`token_logps(model(input_ids, attention_mask).logits, labels)` without the (B, T, V) logits: the head runs on scored positions only."
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"response_logps: labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+    inner = _unwrap(model)
+    reason = full_logits_reason(model) or (None if _accepts_logits_to_keep(inner) else "its forward takes no logits_to_keep")
+    if reason: return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, **kwargs)
+    h, head = out.hidden_states[-1], inner.get_output_embeddings()         # (B, T, H): after the final norm
+    with _head_context(inner):
+        if out.logits.shape[1] == 1 and _head_matches(head, h, out.logits):
+            return _gather_logps(head, h, labels, ignore_index, out.logits.shape[-1], chunk_tokens)
+    warnings.warn(f"response_logps: {type(inner).__name__}'s logits are not its output embedding of its last hidden state; using the full logits")
+    return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)

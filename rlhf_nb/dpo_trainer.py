@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 import datasets
 import pyarrow.compute as pa_compute
 from tqdm.auto import tqdm
-from .core import sequence_logps
+from .core import sequence_logps, response_logps, masked_mean
 from .models import reference_model, frozen_copy, is_peft
 from .data import tokenize_preferences, PreferenceCollator
 from .train import TrainConfig, Trainer, evaluate, process_state
@@ -34,8 +34,8 @@ def concatenated_logps(model: nn.Module, # the policy (or the reference): a caus
     "Per-sequence log-probs of the chosen and the rejected responses from one forward pass over the stacked (2B, T) batch."
     n = batch["input_ids"].shape[0]
     if n % 2: raise ValueError(f"concatenated_logps: the batch has {n} rows; expected the chosen rows then the rejected rows (2B)")
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits  # (2B, T, V)
-    logps = sequence_logps(logits, batch["labels"], average=average)                                          # (2B,)
+    lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], use_cache=False)  # (2B, T-1)
+    logps = masked_mean(lp, batch["labels"][:, 1:] != -100, dim=-1) if average else lp.sum(-1)                # (2B,)
     return logps[: n // 2], logps[n // 2:]
 
 # %% ../nbs/14b_dpo_trainer.ipynb #4bf88dc1
@@ -52,14 +52,15 @@ def reference_logps(policy: nn.Module, # the policy being trained
 _REF_COLUMNS, _REF_NOTE = ("ref_chosen_logps", "ref_rejected_logps"), "rlhf_nb_reference.json"
 _PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")   # what the reference reads
 
-def _reference_pass(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, batch_size: int) -> dict[str, list[float]]:
+def _reference_pass(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, batch_size: int,
+                    progress: bool = True) -> dict[str, list[float]]:
     "`logps_fn(reference, batch)` for every row of `dataset`, in order, in one no-grad pass (a peft model with its adapters off)."
     dl = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)                        # not shuffled
     device, cols, was_training = next(model.parameters()).device, {c: [] for c in columns}, model.training
     model.eval()                                                            # no dropout in a reference
     try:
         with reference_model(model, None if is_peft(model) else model) as m:
-            for batch in tqdm(dl, desc="reference log-probs", disable=not process_state().is_main_process):
+            for batch in tqdm(dl, desc="reference log-probs", disable=not (progress and process_state().is_main_process)):
                 logps = logps_fn(m, {k: v.to(device) for k, v in batch.items()})             # tuple of (B,)
                 for c, lp in zip(columns, logps): cols[c] += lp.float().cpu().tolist()
     finally: model.train(was_training)
@@ -150,13 +151,13 @@ def _load_reference(cache: Path, key: dict, columns: tuple) -> dict[str, list[fl
 
 # %% ../nbs/14b_dpo_trainer.ipynb #3436fbd4
 def _precompute(model, dataset, collate_fn: Callable, logps_fn: Callable, columns: tuple, data_columns: tuple,
-                reduction: str, batch_size: int, cache, **settings) -> datasets.Dataset:
+                reduction: str, batch_size: int, cache, progress: bool = True, **settings) -> datasets.Dataset:
     "`dataset` with the reference's `columns`: loaded from `cache` if it was made for this key, else computed (and saved there)."
     cache = None if cache is None else Path(cache)
     key = None if cache is None else _cache_key(model, dataset, data_columns, reduction, **settings)
     if cache is not None and cache.exists(): cols = _load_reference(cache, key, columns)
     else:
-        cols = _reference_pass(model, dataset, collate_fn, logps_fn, columns, batch_size)
+        cols = _reference_pass(model, dataset, collate_fn, logps_fn, columns, batch_size, progress)
         if cache is not None and process_state().is_main_process: _save_reference(cols, cache, key)
     dataset = dataset.remove_columns([c for c in columns if c in dataset.column_names])
     for c in columns: dataset = dataset.add_column(c, cols[c])
@@ -168,10 +169,11 @@ def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, 
                                batch_size: int = 8, # pairs per forward pass
                                average: bool = False, # mean over response tokens instead of the sum, as the trainer will use
                                cache: str | Path | None = None, # folder: loaded if it was made for this data, model and reduction, else written
+                               progress: bool = True, # a progress bar on the main process
                               ) -> datasets.Dataset:
     "`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, computed in one no-grad pass (or loaded from a matching `cache`)."
     return _precompute(ref_or_policy, dataset, PreferenceCollator(pad_token_id), lambda m, b: concatenated_logps(m, b, average),
-                       _REF_COLUMNS, _PAIR_COLUMNS, "mean" if average else "sum", batch_size, cache)
+                       _REF_COLUMNS, _PAIR_COLUMNS, "mean" if average else "sum", batch_size, cache, progress)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #722eb90c
 def preference_batch(model: nn.Module, # the policy
@@ -251,9 +253,9 @@ def _setup_reference(model, ref_model, ds, precompute: Callable | None = None):
     return ds, (frozen_copy(model) if ref_model is None and not is_peft(model) else ref_model)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #48abbc1c
-def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg):
+def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg, progress: bool = True):
     "`precompute_reference_logps` with a config's reduction and cache."
-    return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache)
+    return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache, progress)
 
 def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
                      eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, reference_free: bool = False,
@@ -267,7 +269,8 @@ def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, re
     (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
     ref = None                                                               # reference-free: no copy, no pass, no columns
     if not reference_free:
-        pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg)
+        pre = partial(_precompute_pairs, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size, cfg=cfg,
+                      progress=config.progress)
         if eval_ds is not None and cfg.precompute_ref:                       # the held-out pairs' reference, before training too
             eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
         ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)

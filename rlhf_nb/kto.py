@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import torch
 from torch import nn
-from .core import masked_mean, sequence_logps
+from .core import masked_mean, sequence_logps, response_logps
 from .models import reference_model, frozen_copy, is_peft
 from .data import load_rows, tokenize_unpaired, unpair_preferences, add_mismatched_completions, UnpairedCollator
 from .train import TrainConfig, Trainer
@@ -85,8 +85,8 @@ def kto_weights(n_desirable: int, # number of desirable examples in the training
 # %% ../nbs/16_kto.ipynb #8fe195d7
 def _logps(model: nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
     "Summed response log-probs of the rows `batch[prefix + 'input_ids']`, (B,)."
-    logits = model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"], use_cache=False).logits  # (B, T, V)
-    return sequence_logps(logits, batch[f"{prefix}labels"])                # (B,)
+    p = prefix                                                             # "" (matched rows) or "kl_" (mismatched)
+    return response_logps(model, batch[f"{p}input_ids"], batch[f"{p}attention_mask"], batch[f"{p}labels"], use_cache=False).sum(-1)  # (B,)
 
 def _with_mismatched(batch: dict) -> dict:
     "The matched rows, then the mismatched `kl_` rows, as one (2B, T) batch (the collator pads both to one length)."
@@ -153,6 +153,7 @@ def precompute_kto_reference_logps(ref_or_policy: nn.Module, # the reference mod
                                    batch_size: int = 8, # rows per forward pass (each with its mismatched pair)
                                    max_length: int | None = None, # the cut `UnpairedCollator` applies to the mismatched pairs in training
                                    cache: str | Path | None = None, # folder: loaded if it was made for this data and model, else written
+                                   progress: bool = True, # a progress bar on the main process
                                   ) -> datasets.Dataset:
     "`dataset` with `ref_logps` / `ref_kl_logps`: the reference's summed log-probs of each row and of its mismatched pair, in one no-grad pass."
     if "kl_completion_input_ids" not in dataset.column_names:
@@ -160,7 +161,7 @@ def precompute_kto_reference_logps(ref_or_policy: nn.Module, # the reference mod
                          "rlhf_nb.data.add_mismatched_completions first (pairs formed inside each batch change with the shuffle)")
     return _precompute(ref_or_policy, dataset, UnpairedCollator(pad_token_id, max_length),
                        lambda m, b: concatenated_logps(m, _with_mismatched(b)), _KTO_REF_COLUMNS, _KTO_DATA_COLUMNS,
-                       "sum", batch_size, cache, kl_max_length=max_length)
+                       "sum", batch_size, cache, progress, kl_max_length=max_length)
 
 # %% ../nbs/16_kto.ipynb #48759938
 @dataclass
@@ -218,7 +219,7 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
     lam_d, lam_u = _loss_weights(kto, ds["desirable"])
     pre = partial(precompute_kto_reference_logps, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
-                  max_length=kto.max_length, cache=kto.ref_cache)
+                  max_length=kto.max_length, cache=kto.ref_cache, progress=config.progress)
     if eval_ds is not None and kto.precompute_ref:                        # the held-out rows' reference, before training too
         eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cache=None))
     ds, ref_model = _setup_reference(model, ref_model, ds, pre if kto.precompute_ref else None)   # ref_model None: precomputed or adapters off

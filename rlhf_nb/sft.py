@@ -9,7 +9,7 @@ from functools import partial
 import datasets
 import torch
 from torch import nn
-from .core import sequence_logps, token_logps
+from .core import sequence_logps, token_logps, response_logps, masked_mean
 from .data import load_rows, tokenize_sft, unpair_preferences, SFTCollator
 from .train import TrainConfig, Trainer
 
@@ -28,10 +28,11 @@ def sft_batch(model: nn.Module, batch: dict,
               per_token: bool = False, # mean over the batch's response tokens instead of the mean of each response's mean
              ) -> tuple[torch.Tensor, dict]:
     "SFT step: policy forward on `input_ids`, loss on the response tokens; metrics `nll`, `ppl` and `tokens`."
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits   # (B, T, V)
-    n_tokens = (batch["labels"] != -100).sum()
-    if per_token: loss = -token_logps(logits, batch["labels"]).sum() / n_tokens.clamp(min=1)
-    else: loss = sft_loss(logits, batch["labels"]).mean()
+    lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])   # (B, T-1); no (B, T, V) logits
+    scored = batch["labels"][:, 1:] != -100
+    n_tokens = scored.sum()
+    if per_token: loss = -lp.sum() / n_tokens.clamp(min=1)
+    else: loss = -masked_mean(lp, scored, dim=-1).mean()                  # = sft_loss(logits, labels).mean()
     return loss, {"nll": loss.detach(), "ppl": loss.detach().exp(), "tokens": n_tokens.float()}
 
 @dataclass
