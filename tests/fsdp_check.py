@@ -2,7 +2,7 @@
 
 torch's FSDP2 (`fully_shard`) shards a tiny Llama across the two processes, one unit per decoder layer plus the root.
 Every process also keeps an unsharded copy with the same weights. On the same batch the library's parts must give
-the same numbers on both: DPO's per-sequence log-probs from one forward pass over the stacked pairs, the DPO loss's
+the same numbers on both (the sharded one through the full-logits fallback of `response_logps`): DPO's per-sequence log-probs from one forward pass over the stacked pairs, the DPO loss's
 gradients (gathered from the shards), and greedy sampling through the PPO/GRPO sampler. Prints `FSDP OK <rank>`.
 """
 import copy, sys
@@ -10,6 +10,7 @@ import torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from rlhf_nb.models import tiny_tokenizer, tiny_llama
+from rlhf_nb.core import full_logits_reason
 from rlhf_nb.data import tokenize_preferences, PreferenceCollator, tokenize_prompts, PromptCollator
 from rlhf_nb.dpo import dpo_loss
 from rlhf_nb.dpo_trainer import concatenated_logps
@@ -25,6 +26,8 @@ for layer in sharded.model.layers: fully_shard(layer)
 fully_shard(sharded)
 p = next(sharded.parameters())
 assert isinstance(p, DTensor) and p.to_local().shape[0] < p.shape[0], "the parameters are not sharded"
+# response-only logits call the output layer outside the forward, where FSDP has resharded it: they must fall back
+assert full_logits_reason(sharded) == "FSDP-sharded model" and full_logits_reason(plain) is None, full_logits_reason(sharded)
 
 rows = [{"prompt": f"Film {i} was", "chosen": " good and fun" + " really" * i, "rejected": " dull."} for i in range(4)]
 ds, _ = tokenize_preferences(rows, tok, max_length=32)
