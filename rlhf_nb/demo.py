@@ -174,8 +174,8 @@ class DemoConfig:
     bon_ns: tuple = (2, 4, 8, 16, 32, 64) # best-of-n from the SFT policy, picked by the reward model: max(bon_ns) samples per prompt
     online_betas: tuple = (0.5, 1.0, 2.0) # online DPO: β; pairs sampled from the current policy, labelled by the reward model
     online_rounds: int = 3             # online DPO: rounds of sample → label → DPO, `pref_steps // online_rounds` steps each
-    simpo_lrs: tuple = (1e-4, 2e-4, 3e-4) # SimPO (β = 2, γ = 1): no reference, so the learning rate sets how far it moves
-    orpo_lams: tuple = (1.0, 2.0, 4.0) # ORPO: λ of the odds-ratio term beside the NLL of the chosen response
+    simpo_lrs: tuple = (1e-4, 2e-4, 3e-4) # SimPO (β = 2, γ_m = 1): no reference, so the learning rate sets how far it moves
+    orpo_lams: tuple = (1.0, 2.0, 4.0) # ORPO: λ_OR, the weight of the odds-ratio term beside the NLL of the chosen response
     n_eval_prompts: int = 200          # held-out prompts for the final evaluation
     n_eval_samples: int = 4            # samples per prompt
     max_new_tokens: int = 24
@@ -365,7 +365,7 @@ def run_demo(out: str | Path, # output folder: metrics.json, report.html, and ea
     return metrics
 
 def _sweep(cfg: DemoConfig, method: str) -> tuple:
-    "The values of `method`'s knob (n, β, τ, λ, the KL coefficient or SimPO's learning rate) that the run trains."
+    "The values of `method`'s knob (n, β, τ, λ_OR, the KL coefficient or SimPO's learning rate) that the run trains."
     return {"bon": tuple(sorted(cfg.bon_ns)), "ppo": cfg.ppo_kl_coefs, "rloo": cfg.rloo_betas, "grpo": cfg.grpo_betas,
             "dpo": cfg.dpo_betas, "online_dpo": cfg.online_betas, "ipo": cfg.ipo_taus, "kto": cfg.kto_betas,
             "simpo": cfg.simpo_lrs, "orpo": cfg.orpo_lams}[method]

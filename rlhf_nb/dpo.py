@@ -33,7 +33,7 @@ def _check_positive(fn: str, name: str, value):
     if not value > 0: raise ValueError(f"{fn}: {name} must be > 0, got {value}")
 
 def _check_smoothing(fn: str, eps: float):
-    "Raise unless the flip probability ε is in [0, 0.5)."
+    "Raise unless the flip probability ε_ls is in [0, 0.5)."
     if not 0 <= eps < 0.5:
         raise ValueError(f"{fn}: label_smoothing must be in [0, 0.5), got {eps}: it is the probability that a "
                          "preference label is flipped, and at 0.5 or above the labels carry no (or reversed) information")
@@ -56,13 +56,13 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, # (B,) log π_θ(y_w|x), summed 
              ref_chosen_logps: torch.Tensor, # (B,) log π_ref(y_w|x)
              ref_rejected_logps: torch.Tensor, # (B,) log π_ref(y_l|x)
              beta: float = 0.1, # β, the KL strength of eq. 3: smaller lets π_θ move further from π_ref
-             label_smoothing: float = 0.0, # ε in [0, 0.5): assumed label-flip probability; > 0 is conservative DPO
+             label_smoothing: float = 0.0, # ε_ls in [0, 0.5): assumed label-flip probability; > 0 is conservative DPO
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # losses, chosen_rewards, rejected_rewards, each (B,)
-    "Per-pair DPO loss −(1−ε)·log σ(βh) − ε·log σ(−βh) (eq. 7 at ε = 0) and the detached implicit rewards."
+    "Per-pair DPO loss −(1−ε_ls)·log σ(βh) − ε_ls·log σ(−βh) (eq. 7 at ε_ls = 0) and the detached implicit rewards."
     _check_positive("dpo_loss", "beta", beta); _check_smoothing("dpo_loss", label_smoothing)
     logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     h = _margin("dpo_loss", *logps)                                         # (B,) log-ratio margin
-    # expected −log-likelihood of eq. 6 when the label is right with probability 1−ε
+    # expected −log-likelihood of eq. 6 when the label is right with probability 1−ε_ls
     losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     return (losses, *_implicit_rewards(beta, *logps))
 
@@ -94,14 +94,14 @@ def robust_dpo_loss(policy_chosen_logps: torch.Tensor, # (B,) log π_θ(y_w|x)
                     ref_chosen_logps: torch.Tensor, # (B,) log π_ref(y_w|x)
                     ref_rejected_logps: torch.Tensor, # (B,) log π_ref(y_l|x)
                     beta: float = 0.1, # β, the KL strength
-                    label_smoothing: float = 0.1, # ε in [0, 0.5): the label-flip probability the loss corrects for
+                    label_smoothing: float = 0.1, # ε_ls in [0, 0.5): the label-flip probability the loss corrects for
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # losses, chosen_rewards, rejected_rewards, each (B,)
-    "Per-pair robust DPO loss [−(1−ε)·log σ(βh) + ε·log σ(−βh)]/(1−2ε), unbiased under label flips; detached rewards."
+    "Per-pair robust DPO loss [−(1−ε_ls)·log σ(βh) + ε_ls·log σ(−βh)]/(1−2ε_ls), unbiased under label flips; detached rewards."
     _check_positive("robust_dpo_loss", "beta", beta); _check_smoothing("robust_dpo_loss", label_smoothing)
     logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     h = _margin("robust_dpo_loss", *logps)                                  # (B,)
     eps = label_smoothing
-    # solve (1−ε)·ℓ̂(h) + ε·ℓ̂(−h) = ℓ(h) for ℓ̂
+    # solve (1−ε_ls)·L̂(h) + ε_ls·L̂(−h) = L(h) for L̂
     losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     return (losses, *_implicit_rewards(beta, *logps))
 

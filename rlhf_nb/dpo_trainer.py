@@ -217,7 +217,7 @@ class DPOConfig:
     "What DPO minimises, and how its data and its reference are prepared."
     beta: float = 0.1                     # β of eq. 7: the KL strength
     loss: str | Callable = "sigmoid"      # a name in `DPO_LOSSES` ("sigmoid", "robust", "hinge"), or any function with their signature
-    label_smoothing: float | None = None  # ε for dpo_loss (cDPO) / robust_dpo_loss; None = the loss's default
+    label_smoothing: float | None = None  # ε_ls for dpo_loss (cDPO) / robust_dpo_loss; None = the loss's default
     loss_kwargs: dict = field(default_factory=dict)  # any further keyword arguments of `loss`
     average_logps: bool = False           # token-mean log-probs instead of sums (eq. 7 uses sums)
     max_length: int = 512                 # prompt + response + EOS, in tokens

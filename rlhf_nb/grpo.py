@@ -75,9 +75,9 @@ def aggregate_tokens(per_token: torch.Tensor, # (B, T) per-token loss terms
     mask = _check_batch("aggregate_tokens", mask, per_token=per_token)
     _check_aggregation("aggregate_tokens", aggregation)
     x, n = torch.where(mask, per_token, 0), mask.sum(-1)                  # (B, T) 0 off the responses; (B,) |o_i|
-    if aggregation == "token": return x.sum() / n.sum().clamp(min=1)      # Σ_i Σ_t ℓ / Σ_i |o_i|
-    if aggregation == "sequence": return (x.sum(-1) / n.clamp(min=1)).mean()  # 1/B Σ_i (Σ_t ℓ / |o_i|)
-    return x.sum() / mask.numel()                                         # Σ_i Σ_t ℓ / (B·T)
+    if aggregation == "token": return x.sum() / n.sum().clamp(min=1)      # Σ_i Σ_t L / Σ_i |o_i|
+    if aggregation == "sequence": return (x.sum(-1) / n.clamp(min=1)).mean()  # 1/B Σ_i (Σ_t L / |o_i|)
+    return x.sum() / mask.numel()                                         # Σ_i Σ_t L / (B·T)
 
 # %% ../nbs/17_grpo.ipynb #7a3aa7e7
 def _check_pg_args(mask: torch.Tensor, advantages: torch.Tensor, clip_range: float, clip_range_high: float | None,

@@ -29,7 +29,7 @@ def optimal_policy(ref_probs: torch.Tensor, # (..., K) reference distribution π
 _KL_ESTIMATORS = {
     "k1": lambda l: l,                          # log π − log π_ref
     "k2": lambda l: 0.5 * l ** 2,               # ½ ℓ²
-    "k3": lambda l: torch.expm1(-l) + l,        # (ρ − 1) − log ρ with ρ = e^{−ℓ}
+    "k3": lambda l: torch.expm1(-l) + l,        # (ρ_ref − 1) − log ρ_ref with ρ_ref = e^{−ℓ}
 }
 
 def kl_estimate(logps: torch.Tensor, # log π of the sampled tokens, any shape
@@ -71,7 +71,7 @@ def kl_penalized_rewards(scores: torch.Tensor, # (B,) reward-model score of each
     mask = mask.bool()
     # r_t = −β k_t on response tokens, 0 elsewhere
     rewards = torch.where(mask, -beta * kl_estimate(logps, ref_logps, estimator), 0.0)  # (B, T)
-    # + r(x, y) at the last response token T
+    # + r(x, y) at the last response token, t = |y|
     last = _last_true_index(mask)                                                       # (B,)
     return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
 

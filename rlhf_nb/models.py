@@ -150,7 +150,7 @@ def load_causal_lm(name_or_path: str, # hub id or local `save_pretrained` folder
 
 # %% ../nbs/02_models.ipynb #7da259a6
 def add_lora(model: nn.Module, r: int = 16, # rank of the adapters
-             alpha: float | None = None, # scale α (the update is scaled by α/r); 2r when None
+             alpha: float | None = None, # scale: the update is scaled by alpha / r; 2r when None
              dropout: float = 0.0, # dropout on the adapters' input
              target_modules: list[str] | str | None = None, # module names to adapt; None = every linear layer but the head
              task_type: str = "CAUSAL_LM", # "SEQ_CLS" for a scalar model: its head then trains in full
@@ -310,7 +310,7 @@ class ModelConfig:
     load_in_4bit: bool = False               # QLoRA: the frozen base quantised to 4-bit NF4 by bitsandbytes; needs lora_r > 0
     gradient_checkpointing: bool = False     # recompute activations in backward: less memory, about a third more compute
     lora_r: int = 0                          # rank of the LoRA adapters; 0 = train every weight
-    lora_alpha: float | None = None          # LoRA scale α (the update is scaled by α/r); None = 2·lora_r
+    lora_alpha: float | None = None          # LoRA scale (the update is scaled by lora_alpha / lora_r); None = 2·lora_r
     lora_dropout: float = 0.0                # dropout on the adapters' input
     lora_target_modules: list[str] | None = None  # module names to adapt, e.g. [q_proj, v_proj]; None = every linear layer
     chat_template: str | None = None         # a Jinja chat template file for a tokenizer that has none (saved with the model)

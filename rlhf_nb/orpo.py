@@ -35,22 +35,22 @@ def log_odds(logp: torch.Tensor, # (B,) log P(y|x), the per-token mean log-prob,
 # %% ../nbs/19_orpo.ipynb #3dcca91c
 def orpo_loss(policy_chosen_logps: torch.Tensor, # (B,) mean log π_θ(y_w|x) per response token, ≤ 0
               policy_rejected_logps: torch.Tensor, # (B,) mean log π_θ(y_l|x) per response token, ≤ 0
-              lam: float = 0.1, # λ ≥ 0: weight of the odds-ratio term; 0 = SFT on the chosen responses
+              lam: float = 0.1, # λ_OR ≥ 0: weight of the odds-ratio term; 0 = SFT on the chosen responses
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # losses, chosen_rewards, rejected_rewards, each (B,)
-    "Per-pair ORPO loss −c − λ·log σ(log odds(c) − log odds(r)) (Hong et al. eq. 6–7) and the detached rewards λ·c, λ·r."
+    "Per-pair ORPO loss −m_w − λ_OR·log σ(log odds(m_w) − log odds(m_l)) (Hong et al. eq. 6–7) and the detached rewards λ_OR·m_w, λ_OR·m_l."
     _check_logps("orpo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps)
     if not lam >= 0: raise ValueError(f"orpo_loss: lam must be >= 0, got {lam}")
     for name, t in (("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps)):
         if (t > 0).any(): raise ValueError(f"orpo_loss: {name} must be <= 0 (per-token mean log-probs), got a maximum of {t.max().item():.4g}")
     log_or = log_odds(policy_chosen_logps) - log_odds(policy_rejected_logps)   # (B,) log OR_θ(y_w, y_l)
-    losses = -policy_chosen_logps - lam * F.logsigmoid(log_or)             # L_SFT + λ·L_OR
+    losses = -policy_chosen_logps - lam * F.logsigmoid(log_or)             # L_SFT + λ_OR·L_OR
     return losses, (lam * policy_chosen_logps).detach(), (lam * policy_rejected_logps).detach()
 
 # %% ../nbs/19_orpo.ipynb #39ca4dc6
 def orpo_metrics(policy_chosen_logps: torch.Tensor, # (B,) mean log π_θ(y_w|x), detached
                  policy_rejected_logps: torch.Tensor, # (B,) mean log π_θ(y_l|x), detached
                 ) -> dict[str, torch.Tensor]:
-    "ORPO's batch diagnostics under TRL's names: nll_loss (mean −c), log_odds_ratio (mean log σ(log OR)), log_odds_chosen (mean log OR)."
+    "ORPO's batch diagnostics under TRL's names: nll_loss (mean −m_w), log_odds_ratio (mean log σ(log OR)), log_odds_chosen (mean log OR)."
     log_or = (log_odds(policy_chosen_logps) - log_odds(policy_rejected_logps)).float()   # (B,)
     return {"nll_loss": -policy_chosen_logps.float().mean(), "log_odds_ratio": F.logsigmoid(log_or).mean(),
             "log_odds_chosen": log_or.mean()}
@@ -59,7 +59,7 @@ def orpo_metrics(policy_chosen_logps: torch.Tensor, # (B,) mean log π_θ(y_w|x)
 @dataclass
 class ORPOConfig:
     "What ORPO minimises and how its data are prepared (there is no reference to prepare)."
-    lam: float = 0.1                      # λ ≥ 0: weight of the odds-ratio term beside the chosen NLL; 0 = SFT on chosen
+    lam: float = 0.1                      # λ_OR ≥ 0: weight of the odds-ratio term beside the chosen NLL; 0 = SFT on chosen
     max_length: int = 512                 # prompt + response + EOS, in tokens
     max_prompt_length: int | None = None  # a longer prompt keeps its end; max_length // 2 when None
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
@@ -74,7 +74,7 @@ def orpo(model: nn.Module, # the policy: a causal LM — a base model will do, O
          tokenizer, # with a pad token
          rows, # anything `load_rows` accepts: prompt/chosen/rejected rows (strings or messages)
          config: TrainConfig | None = None, # how to optimise
-         orpo_config: ORPOConfig | None = None, # λ, the data lengths
+         orpo_config: ORPOConfig | None = None, # λ_OR, the data lengths
          eval_rows=None, # held-out pairs: loss and metrics every `config.eval_every` steps and at the end
          callbacks: list | tuple = (), # see `Trainer`
          run_info: dict | None = None, # more for run.json and the model card, e.g. {"data": {"source": "org/dataset"}}

@@ -89,7 +89,7 @@ def kl_explorer(beta: float = 0.3, # initial β
 
 # %% ../nbs/30_viz.ipynb #1986f784
 def _dpo_curves(h: torch.Tensor, beta: float, label_smoothing: float | None, tau: float | None) -> dict:
-    "name -> (loss, gradient weight) at margins `h` from the library's losses; the DPO family's weight is −∂ℓ/∂h / β, IPO's −∂ℓ/∂h."
+    "name -> (loss, gradient weight) at margins `h` from the library's losses; the DPO family's weight is −∂L/∂h / β, IPO's −∂L/∂h."
     from rlhf_nb.dpo import dpo_loss                                        # here, not at the top: rlhf_nb.dpo loads transformers,
     from rlhf_nb.ipo import ipo_loss                                        # and `import rlhf_nb.viz` stays light
     z, curves = torch.zeros_like(h), {}
@@ -107,7 +107,7 @@ def _dpo_curves(h: torch.Tensor, beta: float, label_smoothing: float | None, tau
 def dpo_loss_figure(beta: float = 0.1, # β of the DPO loss
                     h: float = 0.0, # the margin to mark
                     h_range: tuple[float, float] = (-40.0, 40.0), # the h axis
-                    label_smoothing: float | None = None, # add conservative DPO with this ε
+                    label_smoothing: float | None = None, # add conservative DPO with this ε_ls
                     tau: float | None = None, # add IPO with this τ (right-hand axes)
                    ):
     "Plotly figure: the DPO loss −log σ(βh) and its gradient weight σ(−βh) against the margin h, with `h` marked (cDPO, IPO optional)."
@@ -116,7 +116,7 @@ def dpo_loss_figure(beta: float = 0.1, # β of the DPO loss
     grid = torch.linspace(*h_range, 401, dtype=torch.float64)
     curves = _dpo_curves(grid, float(beta), label_smoothing, tau)
     l0, w0 = (v.item() for v in _dpo_curves(torch.tensor([float(h)], dtype=torch.float64), float(beta), None, None)["DPO"])
-    fig = make_subplots(1, 2, specs=[[{"secondary_y": True}] * 2], subplot_titles=("loss ℓ(h)", "gradient weight −∂ℓ/∂h ÷ β"))
+    fig = make_subplots(1, 2, specs=[[{"secondary_y": True}] * 2], subplot_titles=("loss L(h)", "gradient weight −∂L/∂h ÷ β"))
     for col, i in ((1, 0), (2, 1)):
         for (name, v), color in zip(curves.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):   # one colour per loss, both panels
             fig.add_trace(go.Scatter(x=grid.tolist(), y=v[i].tolist(), mode="lines", name=f"{name} {'loss' if i == 0 else 'weight'}",
@@ -135,7 +135,7 @@ def dpo_explorer(beta: float = 0.1, # initial β
                  h: float = 0.0, # initial margin
                  h_range: tuple[float, float] = (-40.0, 40.0), # range of the h slider and axis
                  beta_range: tuple[float, float] = (1e-2, 10.0), # β slider range (log scale)
-                 label_smoothing: float | None = None, # also draw conservative DPO with this ε
+                 label_smoothing: float | None = None, # also draw conservative DPO with this ε_ls
                  tau: float | None = None, # also draw IPO with this τ
                 ):
     "ipywidgets VBox: β and h sliders above `dpo_loss_figure`, re-drawn as they move (current figure at `.figure`)."
