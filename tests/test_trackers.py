@@ -105,6 +105,7 @@ def wandb_records(path: Path) -> list:
         if left < 7: pos += left; continue
         _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
         if n == 0 and kind == 0: pos += left; continue                  # zero padding to the block's end
+        if pos + 7 + n > len(data): break                               # a chunk still being written: read it next time
         buf += data[pos + 7:pos + 7 + n]; pos += 7 + n
         if kind in (1, 4):
             r = pb.Record(); r.ParseFromString(buf); out.append(r); buf = b""
