@@ -42,10 +42,17 @@ def test_qlora_sft_trains_adapters_on_a_4bit_base(tmp_path):
     ids = tok(["Review: The movie was good"], return_tensors="pt")
     back = PeftModel.from_pretrained(load_causal_lm(str(base), tokenizer=load_tokenizer(str(base)), load_in_4bit=True), str(final)).eval()
     trained = trainer.model.eval()
-    # 4-bit CPU matmuls (bitsandbytes 0.50) differ by up to ~1e-3 between two loads of the same weights; the adapter
-    # itself moves the logits by far more, checked below, so 5e-3 still tells the trained adapter from none
-    torch.testing.assert_close(back(**ids).logits, trained(**ids).logits, atol=5e-3, rtol=0)
-    with trained.disable_adapter(): assert (trained(**ids).logits - back(**ids).logits).abs().max() > 0.05
+    lora = lambda m: {n: p.detach() for n, p in m.state_dict().items() if "lora_" in n}
+    assert lora(back).keys() == lora(trained).keys()
+    assert all(torch.equal(lora(back)[n], lora(trained)[n]) for n in lora(trained))   # the adapter's weights, exactly
+    with torch.no_grad():
+        on, again = trained(**ids).logits, back(**ids).logits
+        with trained.disable_adapter(): off = trained(**ids).logits
+    gap, effect = (again - on).abs().max().item(), (off - on).abs().max().item()
+    # 4-bit CPU matmuls (bitsandbytes 0.50) are not bit-reproducible across loads and thread counts (gaps of 1e-3 to
+    # 6e-3 seen under load); the reloaded model must be the trained one, not the base
+    print(f"gap {gap:.1e} effect {effect:.3f}")
+    assert gap < 0.05 * effect, (gap, effect)
     again, _ = load_policy(ModelConfig(model=str(final), lora_r=4, load_in_4bit=True))   # the next stage: merged, new adapters
     assert is_peft(again) and not any(p.requires_grad for n, p in again.named_parameters() if "lora_" not in n)
 
