@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #ce14e7e0
 from __future__ import annotations
-import contextlib, inspect, warnings
+import contextlib, functools, importlib, inspect, sys, warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +82,11 @@ class _TokenLogps(torch.autograd.Function):
         return out, None, None
 
 # %% ../nbs/00_core.ipynb #b6a3c505
+def _check_labels(who: str, scored: torch.Tensor, V: int, ignore_index: int):
+    "Raise when a scored label is not a token id of a V-token vocabulary."
+    if scored.numel() and (scored.min() < 0 or scored.max() >= V):
+        raise ValueError(f"{who}: labels must be in [0, {V}) or {ignore_index}")
+
 def token_logps(logits: torch.Tensor, # (B, T, V) model outputs for `input_ids`
                 labels: torch.Tensor, # (B, T) aligned with `input_ids`; `ignore_index` where not scored
                 ignore_index: int = -100,
@@ -92,8 +97,7 @@ def token_logps(logits: torch.Tensor, # (B, T, V) model outputs for `input_ids`
     labels = labels[:, 1:]                                                 # (B, T-1): the shift
     keep = labels != ignore_index
     idx = torch.where(keep, labels, 0)
-    if idx.numel() and (idx.min() < 0 or idx.max() >= logits.shape[-1]):
-        raise ValueError(f"token_logps: labels must be in [0, {logits.shape[-1]}) or {ignore_index}")
+    _check_labels("token_logps", labels[keep], logits.shape[-1], ignore_index)
     return _TokenLogps.apply(logits, idx, keep.float())
 
 # %% ../nbs/00_core.ipynb #e06bca0a
@@ -139,7 +143,12 @@ def full_logits_reason(model: nn.Module) -> str | None:
 def _accepts_logits_to_keep(inner: nn.Module) -> bool:
     "Whether the causal LM under any peft wrapper takes `logits_to_keep` (transformers ≥ 4.50 causal LMs do)."
     base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes(type(base), "logits_to_keep")
+
+@functools.cache
+def _forward_takes(cls: type, arg: str) -> bool:
+    "Whether `cls.forward` has a parameter `arg` (asked once per class: `inspect.signature` is slow)."
+    return arg in inspect.signature(cls.forward).parameters
 
 def _head_context(inner: nn.Module):
     "The autocast that accelerate wraps `inner.forward` in (mixed_precision bf16/fp16), for the head calls made outside it."
@@ -164,8 +173,7 @@ def _gather_logps(head: nn.Module, h: torch.Tensor, labels: torch.Tensor, ignore
     "Scatter the log-probs of the scored positions of `h` (B, T, H) into a (B, T-1) fp32 tensor of zeros."
     y = labels[:, 1:]                                                      # (B, T-1): the shift
     b, t = (y != ignore_index).nonzero(as_tuple=True)                      # (N,), (N,): the scored positions
-    if len(b) and (y[b, t].min() < 0 or y[b, t].max() >= V):
-        raise ValueError(f"response_logps: labels must be in [0, {V}) or {ignore_index}")
+    _check_labels("response_logps", y[b, t], V, ignore_index)
     n = chunk_tokens or max(1, _HEAD_CHUNK_BYTES // (4 * V))
     vals = _scored_logps(head, h[b, t], y[b, t], n) if len(b) else h.sum() * 0   # (N,); no scored token: 0, still in the graph
     return torch.zeros(y.shape, dtype=torch.float32, device=h.device).index_put((b, t), vals.float())
@@ -201,3 +209,14 @@ def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / ac
             return _gather_logps(head, h, labels, ignore_index, out.logits.shape[-1], chunk_tokens)
     warnings.warn(f"response_logps: {type(inner).__name__}'s logits are not its output embedding of its last hidden state; using the full logits")
     return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)
+
+# %% ../nbs/00_core.ipynb #a83c80a3
+def _moved_names(module: str, # the old module's `__name__`
+                 target: str, # the module that defines the names now
+                 names: set[str]): # the names that stay importable from `module`
+    "PEP 562 `__getattr__` and `__dir__` for `module`: each of `names` is taken from `target` on first use."
+    def __getattr__(name: str):
+        if name in names: return getattr(importlib.import_module(target), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    def __dir__(): return sorted(set(vars(sys.modules[module])) | names)
+    return __getattr__, __dir__

@@ -4,10 +4,10 @@
 
 # %% ../nbs/14_dpo.ipynb #4e549ac8
 from __future__ import annotations
-import importlib
 from typing import Callable
 import torch
 import torch.nn.functional as F
+from .core import _moved_names
 
 # %% auto #0
 __all__ = ['DPO_LOSSES', 'dpo_loss', 'plackett_luce_loss', 'robust_dpo_loss', 'hinge_loss', 'get_loss', 'preference_metrics']
@@ -159,9 +159,4 @@ _TRAINER_IMPORTS = {"hashlib", "json", "os", "shutil", "dataclass", "field", "re
                     "pa_compute", "tqdm", "sequence_logps", "reference_model", "frozen_copy", "is_peft", "tokenize_preferences",
                     "PreferenceCollator", "TrainConfig", "Trainer", "evaluate", "process_state"}
 
-def __getattr__(name: str):
-    "The trainer's names, moved to `rlhf_nb.dpo_trainer`, stay importable from here (PEP 562: imported on first use)."
-    if name in _TRAINER_NAMES | _TRAINER_IMPORTS: return getattr(importlib.import_module("rlhf_nb.dpo_trainer"), name)
-    raise AttributeError(f"module 'rlhf_nb.dpo' has no attribute {name!r}")
-
-def __dir__(): return sorted(set(globals()) | _TRAINER_NAMES | _TRAINER_IMPORTS)
+__getattr__, __dir__ = _moved_names(__name__, "rlhf_nb.dpo_trainer", _TRAINER_NAMES | _TRAINER_IMPORTS)   # PEP 562: imported on first use

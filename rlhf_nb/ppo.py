@@ -4,9 +4,8 @@
 
 # %% ../nbs/13_ppo.ipynb #7ea72bee
 from __future__ import annotations
-import importlib
 import torch
-from .core import masked_mean
+from .core import masked_mean, _moved_names
 
 # %% auto #0
 __all__ = ['gae', 'ppo_policy_loss', 'ppo_value_loss']
@@ -106,9 +105,4 @@ _TRAINER_IMPORTS = {"contextlib", "copy", "os", "warnings", "dataclass", "replac
                     "score_head", "token_scores", "scalar_scores", "disable_dropout", "tokenize_prompts", "PromptCollator",
                     "TrainConfig", "Trainer", "split_batch", "process_batches", "RowMeans"}
 
-def __getattr__(name: str):
-    "The trainer's names, moved to `rlhf_nb.ppo_trainer`, stay importable from here (PEP 562: imported on first use)."
-    if name in _TRAINER_NAMES | _TRAINER_IMPORTS: return getattr(importlib.import_module("rlhf_nb.ppo_trainer"), name)
-    raise AttributeError(f"module 'rlhf_nb.ppo' has no attribute {name!r}")
-
-def __dir__(): return sorted(set(globals()) | _TRAINER_NAMES | _TRAINER_IMPORTS)
+__getattr__, __dir__ = _moved_names(__name__, "rlhf_nb.ppo_trainer", _TRAINER_NAMES | _TRAINER_IMPORTS)   # PEP 562: imported on first use
