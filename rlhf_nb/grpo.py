@@ -144,7 +144,7 @@ from torch import nn
 from .core import token_logps
 from .models import reference_model, frozen_copy, is_peft, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
-from .train import TrainConfig, Trainer, split_batch, process_batches, RowMeans
+from .train import TrainConfig, Trainer, split_batch, process_batches, seeded_batches, RowMeans
 from .ppo_trainer import sample_responses, _texts, rollout_minibatches, _rollout_rng, _loop_config
 
 # %% ../nbs/17_grpo.ipynb #c790c352
@@ -319,12 +319,9 @@ def grpo_evaluator(dataset, # tokenized held-out prompts (`tokenize_prompts`)
     collate, two = PromptCollator(tokenizer.pad_token_id), replace(cfg, num_generations=2)   # 2 samples: the smallest group
     def eval_fn(trainer: Trainer) -> dict:
         acc, policy, means = trainer.acc, trainer.acc.unwrap_model(trainer.model), RowMeans()
-        devices = [acc.device] if acc.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), acc.autocast():
-            torch.manual_seed(seed + acc.process_index)
-            for batch, rows in process_batches(dataset, collate, batch_size, acc, acc.device):
-                ro = grpo_rollout(policy, batch, tokenizer, two, rewards, weights, ref_model, need_ref, chunk=batch_size, seq_kl=need_ref)
-                means.add({k: v for k, v in ro["metrics"].items() if k not in ("reward_std", "frac_reward_zero_std")}, rows)
+        for batch, rows in seeded_batches(dataset, collate, batch_size, acc, seed):
+            ro = grpo_rollout(policy, batch, tokenizer, two, rewards, weights, ref_model, need_ref, chunk=batch_size, seq_kl=need_ref)
+            means.add({k: v for k, v in ro["metrics"].items() if k not in ("reward_std", "frac_reward_zero_std")}, rows)
         return means.result(acc)
     return eval_fn
 

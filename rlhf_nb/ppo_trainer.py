@@ -17,7 +17,7 @@ from .core import masked_mean, masked_whiten, token_logps
 from .kl import kl_estimate, kl_penalized_rewards, FixedKLController, AdaptiveKLController
 from .models import reference_model, frozen_copy, is_peft, score_head, token_scores, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
-from .train import TrainConfig, Trainer, split_batch, process_batches, RowMeans
+from .train import TrainConfig, Trainer, split_batch, process_batches, seeded_batches, RowMeans
 from .ppo import gae, ppo_policy_loss, ppo_value_loss
 
 # %% auto #0
@@ -361,14 +361,11 @@ def ppo_evaluator(dataset, # tokenized held-out prompts (`tokenize_prompts`)
     collate = PromptCollator(tokenizer.pad_token_id)
     def eval_fn(trainer: Trainer) -> dict:
         acc, model, means = trainer.acc, trainer.acc.unwrap_model(trainer.model), RowMeans()
-        devices = [acc.device] if acc.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), acc.autocast():
-            torch.manual_seed(seed + acc.process_index)
-            for batch, rows in process_batches(dataset, collate, batch_size, acc, acc.device):
-                ro = rollout(model, batch, tokenizer, cfg, kl_ctl.value, reward_model, reward_fn, ref_model, chunk=batch_size)
-                kl = torch.where(ro["mask"], ro["old_logps"] - ro["ref_logps"], 0).sum(1).double()   # (b,) per sequence
-                means.add({"objective/scores": ro["scores"].double().mean(), "objective/kl": kl.mean(), "kl2": (kl ** 2).mean(),
-                           "val/eos_fraction": ro["ended"].double().mean()}, rows)
+        for batch, rows in seeded_batches(dataset, collate, batch_size, acc, seed):
+            ro = rollout(model, batch, tokenizer, cfg, kl_ctl.value, reward_model, reward_fn, ref_model, chunk=batch_size)
+            kl = torch.where(ro["mask"], ro["old_logps"] - ro["ref_logps"], 0).sum(1).double()   # (b,) per sequence
+            means.add({"objective/scores": ro["scores"].double().mean(), "objective/kl": kl.mean(), "kl2": (kl ** 2).mean(),
+                       "val/eos_fraction": ro["ended"].double().mean()}, rows)
         m = means.result(acc)
         m["objective/kl_std"] = max(m.pop("kl2") - m["objective/kl"] ** 2, 0.0) ** 0.5
         m["objective/rlhf_reward"] = m["objective/scores"] - kl_ctl.value * m["objective/kl"]

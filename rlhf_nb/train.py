@@ -20,8 +20,8 @@ from .models import disable_dropout
 
 # %% auto #0
 __all__ = ['TrainConfig', 'latest_checkpoint', 'NonFiniteLossError', 'process_state', 'MicroBatches', 'split_batch',
-           'loss_weights', 'Trainer', 'train', 'process_batches', 'RowMeans', 'evaluate', 'prompt_ids', 'Callback',
-           'EarlyStopping']
+           'loss_weights', 'Trainer', 'train', 'process_batches', 'seeded_batches', 'RowMeans', 'evaluate',
+           'prompt_ids', 'Callback', 'EarlyStopping']
 
 # %% ../nbs/03_train.ipynb #3e27dfb4
 @dataclass
@@ -492,6 +492,16 @@ def process_batches(dataset, # rows `collate_fn` takes (a list or a 🤗 Dataset
         idx = mine[j * batch_size:(j + 1) * batch_size]
         batch = collate_fn([dataset[i] for i in (idx or [0])])           # no rows left: a stand-in, counted 0
         yield {k: v.to(device) if torch.is_tensor(v) and device is not None else v for k, v in batch.items()}, len(idx)
+
+def seeded_batches(dataset, collate_fn: Callable, batch_size: int,
+                   accelerator: Accelerator, # the run's: its processes, device and autocast
+                   seed: int = 0, # process i samples with seed + i; the training random state is left as it was
+                  ):
+    "`process_batches` for an evaluation that samples: the same random numbers at every call, in the run's autocast."
+    acc = accelerator
+    with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []), acc.autocast():
+        torch.manual_seed(seed + acc.process_index)
+        yield from process_batches(dataset, collate_fn, batch_size, acc, acc.device)
 
 class RowMeans:
     "Means over rows of scalar metrics given per batch: `add(metrics, rows)`, then `result(accelerator)` adds up the processes."
