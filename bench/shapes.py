@@ -13,10 +13,14 @@ checkpointing, the same rows in the same order (no shuffling) and the same batch
 Variants, each in its own process (peak RSS above the level before training, via ru_maxrss):
   dpo:  rlhf_nb (response-only logits, `rlhf_nb.core.response_logps`), rlhf_nb_full (USE_RESPONSE_LOGITS = False:
         full (B, T, V) logits), trl (DPOTrainer), bare (plain torch: policy fwd+bwd, reference fwd, loss, AdamW).
+        rlhf_nb_pf: rlhf_nb with `DPOConfig(padding_free=True)`: each batch packed into one row of its real tokens.
   sft:  the same four, with SFTTrainer (prompt-completion rows, loss on the completion). If `rlhf_nb.sft.sft_batch`
         does not call `response_logps` yet, the rlhf_nb variant swaps in `sft_batch_response` below and says so.
-TRL options left at their defaults here: `padding_free` needs FlashAttention 2/3, which does not run on a CPU (and
-TRL 1.16's DPOTrainer ignores it with a warning anyway); packing changes the batches, so it is not compared.
+        rlhf_nb_pf: `SFTConfig(padding_free=True)`; trl_pf: TRL's `SFTConfig(padding_free=True)`.
+TRL 1.16's SFTTrainer packs a padding-free batch into one row with `position_ids` and no attention mask, which
+transformers also honours with sdpa on a CPU (its docs recommend FlashAttention, not required); its DPOTrainer turns
+`padding_free=True` off with a warning ("temporarily unavailable after a refactor"), so DPO has no trl_pf row.
+Packing several rows into fixed-length blocks changes the batches, so it is not compared.
 Rounds interleave the variants (the machine is shared and noisy); each ratio uses the median over rounds.
 
 Usage (on a shared 2-core CPU: OMP_NUM_THREADS=1, never two benchmarks at once):
@@ -24,6 +28,7 @@ Usage (on a shared 2-core CPU: OMP_NUM_THREADS=1, never two benchmarks at once):
     OMP_NUM_THREADS=1 python bench/shapes.py [--rounds 2] [--vocabs qwen,small] [--tasks dpo,sft]
 """
 import argparse, json, math, os, random, resource, statistics, subprocess, sys, time
+from functools import partial
 from pathlib import Path
 
 QWEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "realworld" / "tokenizers" / "qwen2.5-instruct"
@@ -110,7 +115,7 @@ def sft_batch_response(model, batch, per_token=False):
     loss = -lp.sum() / n_tokens.clamp(min=1) if per_token else -masked_mean(lp, batch["labels"][:, 1:] != -100, dim=-1).mean()
     return loss, {"nll": loss.detach(), "ppl": loss.detach().exp(), "tokens": n_tokens.float()}
 
-def run_rlhf_nb(task, tok, rows, a, response):
+def run_rlhf_nb(task, tok, rows, a, response, padding_free=False):
     import inspect, rlhf_nb.core as core, rlhf_nb.sft as sft_mod
     from rlhf_nb.dpo_trainer import dpo, DPOConfig
     from rlhf_nb.models import frozen_copy
@@ -121,10 +126,11 @@ def run_rlhf_nb(task, tok, rows, a, response):
     policy = model(tok); ref = frozen_copy(policy) if task == "dpo" else None
     cfg, base = train_cfg(a.steps + a.warmup, a.batch), rss_mib()
     if task == "dpo":
-        t = dpo(policy, tok, rows, cfg, DPOConfig(beta=0.1, max_length=a.max_length, max_prompt_length=a.max_length // 2),
-                ref_model=ref)
+        t = dpo(policy, tok, rows, cfg, DPOConfig(beta=0.1, max_length=a.max_length, max_prompt_length=a.max_length // 2,
+                                          padding_free=padding_free), ref_model=ref)
     else:
-        t = sft_mod.sft(policy, tok, rows, cfg, sft_mod.SFTConfig(max_length=a.max_length, max_prompt_length=a.max_length // 2))
+        t = sft_mod.sft(policy, tok, rows, cfg, sft_mod.SFTConfig(max_length=a.max_length, max_prompt_length=a.max_length // 2,
+                                                                 padding_free=padding_free))
     return [h["step_time_s"] for h in t.history if "step_time_s" in h], base, note
 
 def padded_batches(task, tok, rows, a):
@@ -170,7 +176,7 @@ def run_bare(task, tok, rows, a, response):
         times.append(time.perf_counter() - t0)
     return times, base, ""
 
-def run_trl(task, tok, rows, a, response):
+def run_trl(task, tok, rows, a, response, padding_free=False):
     import tempfile, datasets
     from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
@@ -191,15 +197,18 @@ def run_trl(task, tok, rows, a, response):
                              processing_class=tok, callbacks=[Timer()])
     else:
         from trl import SFTConfig, SFTTrainer
+        if padding_free: common["max_length"] = None      # TRL refuses a cut it cannot apply; the rows are within it already
         base = rss_mib()
-        trainer = SFTTrainer(model=policy, args=SFTConfig(**common, packing=False, padding_free=False), train_dataset=ds,
+        trainer = SFTTrainer(model=policy, args=SFTConfig(**common, packing=False, padding_free=padding_free), train_dataset=ds,
                              processing_class=tok, callbacks=[Timer()])
     assert isinstance(trainer._get_train_sampler(trainer.train_dataset), SequentialSampler)
     trainer.train()
     return times, base, ""
 
 VARIANTS = {"rlhf_nb": (run_rlhf_nb, True), "rlhf_nb_full": (run_rlhf_nb, False), "trl": (run_trl, False),
-            "bare": (run_bare, False)}
+            "bare": (run_bare, False), "rlhf_nb_pf": (partial(run_rlhf_nb, padding_free=True), True),
+            "trl_pf": (partial(run_trl, padding_free=True), False)}
+ONLY = {"trl_pf": ("sft",)}                                   # TRL's DPOTrainer switches padding_free off
 
 def child(a):
     import torch
@@ -218,18 +227,19 @@ def child(a):
 def table(res, tasks, vocabs, variants):
     "Markdown: per task and vocab, median step, tokens/s, peak MiB, and ratios to TRL and to the floor."
     med = lambda xs: statistics.median(xs) if xs else float("nan")
-    lines = ["| task | vocab | variant | step (ms) | tokens/s | peak MiB | step / TRL | step / bare | tokens/s vs TRL | peak / TRL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | vocab | variant | step (ms) | tokens/s | peak MiB | step / TRL | step / bare | tokens/s vs TRL | peak / TRL | step / rlhf_nb |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         for vocab in vocabs:
             r = {v: {k: med([x[k] for x in res.get(f"{task}/{vocab}/{v}", [])]) for k in ("median_step_s", "tokens_per_s",
                  "peak_mib_above_start")} for v in variants}
             ratio = lambda v, k, ref: f"{r[v][k] / r[ref][k]:.2f}" if ref in r and r[ref][k] == r[ref][k] else "–"
             for v in variants:
+                if task not in ONLY.get(v, (task,)): continue
                 lines.append(f"| {task} | {vocab} | {v} | {1000 * r[v]['median_step_s']:.0f} | {r[v]['tokens_per_s']:.0f} | "
                              f"{r[v]['peak_mib_above_start']:.0f} | {ratio(v, 'median_step_s', 'trl')} | "
                              f"{ratio(v, 'median_step_s', 'bare')} | {ratio(v, 'tokens_per_s', 'trl')} | "
-                             f"{ratio(v, 'peak_mib_above_start', 'trl')} |")
+                             f"{ratio(v, 'peak_mib_above_start', 'trl')} | {ratio(v, 'median_step_s', 'rlhf_nb')} |")
     return "\n".join(lines)
 
 def main():
@@ -265,6 +275,7 @@ def main():
         for task in tasks:
             for vocab in vocabs:
                 for v in order:
+                    if task not in ONLY.get(v, (task,)): continue
                     args = [sys.executable, __file__, "--child", v, "--task", task, "--vocab", vocab]
                     for k in FULL: args += [f"--{k.replace('_', '-')}", str(getattr(a, k))]
                     out = subprocess.run(args, capture_output=True, text=True, env=env)

@@ -194,11 +194,13 @@ def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / ac
                    labels: torch.Tensor, # (B, T) aligned with `input_ids`; `ignore_index` where not scored
                    ignore_index: int = -100,
                    chunk_tokens: int | None = None, # positions per head call; None: ~128 MiB of fp32 logits per chunk
+                   padding_free: bool = False, # pack the attended tokens into one (1, N) row: the body never sees a pad
                    **kwargs, # more arguments of the model's forward, e.g. use_cache=False
                   ) -> torch.Tensor: # (B, T-1) fp32
     "`token_logps(model(input_ids, attention_mask).logits, labels)` without the (B, T, V) logits: the head runs on scored positions only."
     if labels.shape != input_ids.shape:
         raise ValueError(f"response_logps: labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+    if padding_free: return _packed_logps(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kwargs)
     inner = _unwrap(model)
     reason = full_logits_reason(model) or (None if _accepts_logits_to_keep(inner) else "its forward takes no logits_to_keep")
     if reason: return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)
@@ -209,6 +211,30 @@ def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / ac
             return _gather_logps(head, h, labels, ignore_index, out.logits.shape[-1], chunk_tokens)
     warnings.warn(f"response_logps: {type(inner).__name__}'s logits are not its output embedding of its last hidden state; using the full logits")
     return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)
+
+# %% ../nbs/00_core.ipynb #2919b565
+def _pack(attention_mask: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+    "The attended positions of a (B, T) batch and their positions within their row (N,); raise unless each row is one block."
+    am = attention_mask.bool()                                             # (B, T)
+    start, n = am.long().argmax(1), am.sum(1)                              # (B,) first attended position, row length
+    pos = torch.arange(am.shape[1], device=am.device) - start[:, None]     # (B, T) position within its row
+    if not torch.equal(am, (pos >= 0) & (pos < n[:, None])):
+        raise ValueError("response_logps: padding_free needs each row's attention_mask 1s to be one contiguous block "
+                         "(left or right padding); pass padding_free=False for a mask with holes")
+    if not am.any(): raise ValueError("response_logps: padding_free: attention_mask has no 1s, nothing to pack")
+    if (labels[~am] != ignore_index).any():
+        raise ValueError(f"response_logps: padding_free: labels are scored where attention_mask is 0; put {ignore_index} there")
+    return am, pos[am]
+
+def _packed_logps(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kw) -> torch.Tensor:
+    "`response_logps` of a (B, T) batch computed on one (1, N) row of its attended tokens, then put back at (B, T-1)."
+    am, pos = _pack(attention_mask, labels, ignore_index)                  # (B, T) bool, (N,)
+    y = labels[am].masked_fill(pos == 0, ignore_index)                     # (N,) a sequence's first token has no predictor in it
+    kw = {**kw, "position_ids": pos[None], "use_cache": False}             # attention_mask=None: the model reads the packing off the positions
+    lp = response_logps(model, input_ids[am][None], None, y[None], ignore_index, chunk_tokens, **kw)[0]   # (N-1,)
+    k = am.flatten().cumsum(0).view(am.shape)[:, :-1] - 1                  # (B, T-1) packed index of each position
+    keep = am[:, :-1] & (k < lp.shape[0])                                  # the very last token predicts nothing
+    return torch.zeros(keep.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp[k[keep]])   # (B, T-1)
 
 # %% ../nbs/00_core.ipynb #a83c80a3
 def _moved_names(module: str, # the old module's `__name__`

@@ -30,11 +30,13 @@ __all__ = ['concatenated_logps', 'reference_logps', 'data_fingerprint', 'model_f
 def concatenated_logps(model: nn.Module, # the policy (or the reference): a causal LM
                        batch: dict, # from `PreferenceCollator`: input_ids, attention_mask, labels (2B, T), chosen rows first
                        average: bool = False, # mean over response tokens instead of the sum
+                       padding_free: bool = False, # the 2B rows packed into one row of their real tokens (`response_logps`)
                       ) -> tuple[torch.Tensor, torch.Tensor]: # chosen_logps (B,), rejected_logps (B,)
     "Per-sequence log-probs of the chosen and the rejected responses from one forward pass over the stacked (2B, T) batch."
     n = batch["input_ids"].shape[0]
     if n % 2: raise ValueError(f"concatenated_logps: the batch has {n} rows; expected the chosen rows then the rejected rows (2B)")
-    lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], use_cache=False)  # (2B, T-1)
+    lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], use_cache=False,
+                        padding_free=padding_free)                                                          # (2B, T-1)
     logps = masked_mean(lp, batch["labels"][:, 1:] != -100, dim=-1) if average else lp.sum(-1)                # (2B,)
     return logps[: n // 2], logps[n // 2:]
 
@@ -43,10 +45,11 @@ def reference_logps(policy: nn.Module, # the policy being trained
                     ref: nn.Module | None, # a separate reference model; None = `policy` with its LoRA adapters off
                     batch: dict, # a (2B, T) preference batch, possibly with precomputed `ref_chosen_logps` / `ref_rejected_logps`
                     average: bool = False, # mean over response tokens instead of the sum
+                    padding_free: bool = False, # as in `concatenated_logps`
                    ) -> tuple[torch.Tensor, torch.Tensor]: # ref_chosen_logps (B,), ref_rejected_logps (B,)
     "Reference log-probs of the chosen and rejected responses: the batch's precomputed columns if present, else a no-grad forward."
     if "ref_chosen_logps" in batch: return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-    with reference_model(policy, ref) as m: return concatenated_logps(m, batch, average)
+    with reference_model(policy, ref) as m: return concatenated_logps(m, batch, average, padding_free)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #c1a88d8d
 _REF_COLUMNS, _REF_NOTE = ("ref_chosen_logps", "ref_rejected_logps"), "rlhf_nb_reference.json"
@@ -170,9 +173,10 @@ def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, 
                                average: bool = False, # mean over response tokens instead of the sum, as the trainer will use
                                cache: str | Path | None = None, # folder: loaded if it was made for this data, model and reduction, else written
                                progress: bool = True, # a progress bar on the main process
+                               padding_free: bool = False, # as in `concatenated_logps` (the same numbers, to rounding)
                               ) -> datasets.Dataset:
     "`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, computed in one no-grad pass (or loaded from a matching `cache`)."
-    return _precompute(ref_or_policy, dataset, PreferenceCollator(pad_token_id), lambda m, b: concatenated_logps(m, b, average),
+    return _precompute(ref_or_policy, dataset, PreferenceCollator(pad_token_id), lambda m, b: concatenated_logps(m, b, average, padding_free),
                        _REF_COLUMNS, _PAIR_COLUMNS, "mean" if average else "sum", batch_size, cache, progress)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #722eb90c
@@ -183,12 +187,13 @@ def preference_batch(model: nn.Module, # the policy
                      average: bool = False, # token-mean log-probs instead of sums, for policy and reference alike
                      reference_free: bool = False, # no reference at all: `loss_fn` gets the policy's two log-probs only (SimPO, ORPO)
                      metrics_fn: Callable | None = None, # (pc, pr) -> more metrics for this objective, e.g. ORPO's log-odds
+                     padding_free: bool = False, # policy and reference passes on the batch packed into one row (`response_logps`)
                      **loss_kwargs, # passed to `loss_fn`: beta, label_smoothing, tau, ...
                     ) -> tuple[torch.Tensor, dict]: # mean loss, metrics
     "One preference-optimisation step: policy and reference log-probs, `loss_fn`, the mean loss and TRL-named metrics."
     # the reference first: its activations are freed before the policy's, kept for backward, pile up (a lower peak)
-    ref_logps = () if reference_free else reference_logps(model, ref, batch, average)       # (B,), (B,) no grad; or nothing
-    policy_chosen_logps, policy_rejected_logps = concatenated_logps(model, batch, average)   # (B,), (B,) one forward
+    ref_logps = () if reference_free else reference_logps(model, ref, batch, average, padding_free)   # (B,), (B,) no grad; or nothing
+    policy_chosen_logps, policy_rejected_logps = concatenated_logps(model, batch, average, padding_free)   # (B,), (B,) one forward
     losses, chosen_rewards, rejected_rewards = loss_fn(policy_chosen_logps, policy_rejected_logps, *ref_logps, **loss_kwargs)
     metrics = preference_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
     if metrics_fn is not None: metrics.update(metrics_fn(policy_chosen_logps.detach(), policy_rejected_logps.detach()))
@@ -204,11 +209,12 @@ def evaluate_preferences(model: nn.Module, # the policy
                          average: bool = False, # token-mean log-probs instead of sums
                          reference_free: bool = False, # as in `preference_batch`: no reference, a loss of the policy's log-probs
                          metrics_fn: Callable | None = None, # as in `preference_batch`
+                         padding_free: bool = False, # as in `preference_batch`
                          **loss_kwargs, # beta, label_smoothing, tau, ...
                         ) -> dict[str, float]: # "loss" and the `preference_metrics`, averaged over pairs
     "Loss and preference metrics of `model` on `dataset`, averaged over pairs, without gradients and in eval mode."
     if ref is not None: ref.to(next(model.parameters()).device)          # both models on the policy's device
-    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, reference_free, metrics_fn, **loss_kwargs)
+    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, reference_free, metrics_fn, padding_free, **loss_kwargs)
     return evaluate(model, fn, dataset, PreferenceCollator(pad_token_id), batch_size=batch_size)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #a5c08956
@@ -226,6 +232,7 @@ class DPOConfig:
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
+    padding_free: bool = False            # pack each batch into one row of its real tokens (policy and reference): no compute on padding
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges
@@ -255,7 +262,8 @@ def _setup_reference(model, ref_model, ds, precompute: Callable | None = None):
 # %% ../nbs/14b_dpo_trainer.ipynb #48abbc1c
 def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg, progress: bool = True):
     "`precompute_reference_logps` with a config's reduction and cache."
-    return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache, progress)
+    return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache, progress,
+                                      cfg.padding_free)
 
 def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
                      eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, reference_free: bool = False,
@@ -275,7 +283,7 @@ def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, re
             eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
         ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, reference_free=reference_free,
-                       metrics_fn=metrics_fn, **loss_kwargs)
+                       metrics_fn=metrics_fn, padding_free=cfg.padding_free, **loss_kwargs)
     trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
                       frozen=() if ref is None else (ref,), eval_dataset=eval_ds, callbacks=callbacks,
                       record=dict(objective=objective, objective_config=cfg, data_report=report, extra=run_info))

@@ -40,6 +40,7 @@ class IPOConfig:
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False          # reference log-probs in one pass before training (with the same reduction)
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
+    padding_free: bool = False            # pack each batch into one row of its real tokens (policy and reference): no compute on padding
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges

@@ -83,10 +83,11 @@ def kto_weights(n_desirable: int, # number of desirable examples in the training
     return (1.0, 1 / lam_d) if lam_d < 1 else (lam_d, 1.0)
 
 # %% ../nbs/16_kto.ipynb #8fe195d7
-def _logps(model: nn.Module, batch: dict, prefix: str = "") -> torch.Tensor:
+def _logps(model: nn.Module, batch: dict, prefix: str = "", padding_free: bool = False) -> torch.Tensor:
     "Summed response log-probs of the rows `batch[prefix + 'input_ids']`, (B,)."
     p = prefix                                                             # "" (matched rows) or "kl_" (mismatched)
-    return response_logps(model, batch[f"{p}input_ids"], batch[f"{p}attention_mask"], batch[f"{p}labels"], use_cache=False).sum(-1)  # (B,)
+    return response_logps(model, batch[f"{p}input_ids"], batch[f"{p}attention_mask"], batch[f"{p}labels"], use_cache=False,
+                          padding_free=padding_free).sum(-1)                                             # (B,)
 
 def _with_mismatched(batch: dict) -> dict:
     "The matched rows, then the mismatched `kl_` rows, as one (2B, T) batch (the collator pads both to one length)."
@@ -105,13 +106,13 @@ def kto_metrics(rewards: torch.Tensor, # (B,) β·(log π_θ − log π_ref), de
             "logps/chosen": masked_mean(lp, d), "logps/rejected": masked_mean(lp, ~d), "kl": kl.detach().float()}
 
 # %% ../nbs/16_kto.ipynb #912858ab
-def _reference_point(model: nn.Module, batch: dict, ref: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference_point(model: nn.Module, batch: dict, ref: nn.Module | None, padding_free: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     "Reference log-probs of the matched rows (B,) (the batch's precomputed ones if present), and the mismatched log-ratios log π_θ − log π_ref (B,), without gradients."
     # no-grad passes first, so their activations are gone before the policy's (kept for backward) pile up
     if "ref_kl_logps" in batch: ref_logps, ref_kl_logps = batch["ref_logps"], batch["ref_kl_logps"]          # precomputed
     else:
-        with reference_model(model, ref) as m: ref_logps, ref_kl_logps = concatenated_logps(m, _with_mismatched(batch))  # (B,), (B,)
-    with torch.no_grad(): policy_kl_logps = _logps(model, batch, "kl_")          # (B,) only feeds the detached ẑ₀
+        with reference_model(model, ref) as m: ref_logps, ref_kl_logps = concatenated_logps(m, _with_mismatched(batch), padding_free=padding_free)  # (B,), (B,)
+    with torch.no_grad(): policy_kl_logps = _logps(model, batch, "kl_", padding_free)   # (B,) only feeds the detached ẑ₀
     return ref_logps, policy_kl_logps - ref_kl_logps
 
 def kto_batch(model: nn.Module, # the policy
@@ -120,23 +121,25 @@ def kto_batch(model: nn.Module, # the policy
               beta: float = 0.1, # β
               desirable_weight: float = 1.0, # λ_D
               undesirable_weight: float = 1.0, # λ_U
+              padding_free: bool = False, # every pass on the rows packed into one row of their real tokens (`response_logps`)
              ) -> tuple[torch.Tensor, dict]: # mean loss, metrics
     "One KTO batch: reference log-probs and ẑ₀ (the step's, from `kto_prepare`, else this batch's), policy log-probs, `kto_loss`."
     if "kl_ref" in batch: ref_logps, z0 = batch["ref_logps"], batch["kl_ref"]
     else:
-        ref_logps, kl_ratios = _reference_point(model, batch, ref)
+        ref_logps, kl_ratios = _reference_point(model, batch, ref, padding_free)
         z0 = kto_reference_kl(kl_ratios, torch.zeros_like(kl_ratios))            # scalar, detached
-    policy_logps = _logps(model, batch)                                           # (B,) with grad
+    policy_logps = _logps(model, batch, padding_free=padding_free)                # (B,) with grad
     losses, rewards = kto_loss(policy_logps, ref_logps, batch["desirable"], z0, beta, desirable_weight, undesirable_weight)
     return losses.mean(), kto_metrics(rewards, policy_logps, batch["desirable"], z0)
 
 def kto_prepare(trainer, # the `Trainer` (its model and accelerator)
                 micro: list[dict], # the micro-batches of one optimizer step on this process
                 ref: nn.Module | None = None, # as in `kto_batch`
+                padding_free: bool = False, # as in `kto_batch`
                ) -> list[dict]:
     "The loop's `prepare_step` for KTO: each micro-batch's reference log-probs, and one ẑ₀ from the whole step on every process."
     ratios = []
-    for b in micro: b["ref_logps"], r = _reference_point(trainer.model, b, ref); ratios.append(r.float())
+    for b in micro: b["ref_logps"], r = _reference_point(trainer.model, b, ref, padding_free); ratios.append(r.float())
     r = torch.cat(ratios)                                                         # (rows of the step,)
     total = trainer.acc.reduce(torch.stack([r.sum(), r.new_tensor(float(len(r)))]), "sum")   # over processes
     z0 = (total[0] / total[1]).clamp(min=0)                                       # = kto_reference_kl of every row
@@ -154,13 +157,14 @@ def precompute_kto_reference_logps(ref_or_policy: nn.Module, # the reference mod
                                    max_length: int | None = None, # the cut `UnpairedCollator` applies to the mismatched pairs in training
                                    cache: str | Path | None = None, # folder: loaded if it was made for this data and model, else written
                                    progress: bool = True, # a progress bar on the main process
+                                   padding_free: bool = False, # as in `kto_batch` (the same numbers, to rounding)
                                   ) -> datasets.Dataset:
     "`dataset` with `ref_logps` / `ref_kl_logps`: the reference's summed log-probs of each row and of its mismatched pair, in one no-grad pass."
     if "kl_completion_input_ids" not in dataset.column_names:
         raise ValueError("precompute_kto_reference_logps: the rows have no fixed mismatched completion; call "
                          "rlhf_nb.data.add_mismatched_completions first (pairs formed inside each batch change with the shuffle)")
     return _precompute(ref_or_policy, dataset, UnpairedCollator(pad_token_id, max_length),
-                       lambda m, b: concatenated_logps(m, _with_mismatched(b)), _KTO_REF_COLUMNS, _KTO_DATA_COLUMNS,
+                       lambda m, b: concatenated_logps(m, _with_mismatched(b), padding_free=padding_free), _KTO_REF_COLUMNS, _KTO_DATA_COLUMNS,
                        "sum", batch_size, cache, progress, kl_max_length=max_length)
 
 # %% ../nbs/16_kto.ipynb #48759938
@@ -176,6 +180,7 @@ class KTOConfig:
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     precompute_ref: bool = False               # reference log-probs of each row and its mismatched pair in one pass before training
     ref_cache: str | None = None               # with precompute_ref: a folder to load them from, or to write them to
+    padding_free: bool = False                 # pack each batch into one row of its real tokens (policy and reference): no compute on padding
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges
@@ -219,14 +224,16 @@ def kto(model: nn.Module, # the policy: a causal LM, usually the SFT model (peft
     (ds, report), eval_ds = tok(rows), None if eval_rows is None else tok(eval_rows)[0]
     lam_d, lam_u = _loss_weights(kto, ds["desirable"])
     pre = partial(precompute_kto_reference_logps, pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
-                  max_length=kto.max_length, cache=kto.ref_cache, progress=config.progress)
+                  max_length=kto.max_length, cache=kto.ref_cache, progress=config.progress,
+                  padding_free=kto.padding_free)
     if eval_ds is not None and kto.precompute_ref:                        # the held-out rows' reference, before training too
         eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cache=None))
     ds, ref_model = _setup_reference(model, ref_model, ds, pre if kto.precompute_ref else None)   # ref_model None: precomputed or adapters off
-    batch_fn = partial(kto_batch, ref=ref_model, beta=kto.beta, desirable_weight=lam_d, undesirable_weight=lam_u)
+    batch_fn = partial(kto_batch, ref=ref_model, beta=kto.beta, desirable_weight=lam_d, undesirable_weight=lam_u,
+                       padding_free=kto.padding_free)
     trainer = Trainer(model, batch_fn, ds, UnpairedCollator(tokenizer.pad_token_id, kto.max_length), config,
                       tokenizer=tokenizer, frozen=() if ref_model is None else (ref_model,),
-                      prepare_step=partial(kto_prepare, ref=ref_model), eval_dataset=eval_ds, callbacks=callbacks,
+                      prepare_step=partial(kto_prepare, ref=ref_model, padding_free=kto.padding_free), eval_dataset=eval_ds, callbacks=callbacks,
                       record=dict(objective="kto", objective_config=kto, data_report=report, extra=run_info))
     trainer.fit()
     return trainer

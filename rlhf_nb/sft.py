@@ -26,9 +26,10 @@ def sft_loss(logits: torch.Tensor, # (B, T, V) policy logits for prompt + respon
 # %% ../nbs/10_sft.ipynb #a4370ee0
 def sft_batch(model: nn.Module, batch: dict,
               per_token: bool = False, # mean over the batch's response tokens instead of the mean of each response's mean
+              padding_free: bool = False, # the batch's tokens packed into one row (`response_logps`): no compute on padding
              ) -> tuple[torch.Tensor, dict]:
     "SFT step: policy forward on `input_ids`, loss on the response tokens; metrics `nll`, `ppl` and `tokens`."
-    lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])   # (B, T-1); no (B, T, V) logits
+    lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], padding_free=padding_free)   # (B, T-1)
     scored = batch["labels"][:, 1:] != -100
     n_tokens = scored.sum()
     if per_token: loss = -lp.sum() / n_tokens.clamp(min=1)
@@ -44,6 +45,7 @@ class SFTConfig:
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     loss_per: str = "sequence"            # "sequence": every response weighs the same; "token": every response token does
     from_preferences: str | None = None   # prompt/chosen/rejected rows: "chosen" = SFT on prompt + chosen; "both" = each response a row
+    padding_free: bool = False            # pack each batch into one row of its real tokens: the model never runs on padding
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges
@@ -79,7 +81,7 @@ def sft(model: nn.Module, # a causal LM (peft or not)
                                  chat_template_kwargs=data.chat_template_kwargs, num_proc=data.num_proc)
     ds, report = tok(rows)
     per_token = data.loss_per == "token"
-    trainer = Trainer(model, partial(sft_batch, per_token=per_token), ds, SFTCollator(tokenizer.pad_token_id),
+    trainer = Trainer(model, partial(sft_batch, per_token=per_token, padding_free=data.padding_free), ds, SFTCollator(tokenizer.pad_token_id),
                       config or TrainConfig(), tokenizer=tokenizer, normalize="tokens" if per_token else "rows",
                       eval_dataset=None if eval_rows is None else tok(eval_rows)[0], callbacks=callbacks,
                       record=dict(objective="sft", objective_config=data, data_report=report, extra=run_info))
