@@ -60,9 +60,11 @@ def test_quick_config_has_the_targets():
     q = DemoConfig.quick(); t = q.targets
     assert set(t["reward_gain"]) == set(METHODS) - {"sft"}                  # every method has a reward target
     assert {k: t["reward_gain"][k] for k in ("ppo", "rloo", "grpo", "dpo", "ipo", "kto")} == \
-        {"ppo": 0.5, "rloo": 0.5, "grpo": 0.45, "dpo": 0.5, "ipo": 0.3, "kto": 0.3}
-    assert {k: t["kl_mean_max"][k] for k in ("ppo", "rloo", "grpo", "dpo")} == {"ppo": 5.0, "rloo": 4.0, "grpo": 4.0, "dpo": 5.0}
-    assert t["rm_accuracy"] == 0.88 and t == QUICK_TARGETS
+        {"ppo": 0.5, "rloo": 0.5, "grpo": 0.45, "dpo": 0.4, "ipo": 0.4, "kto": 0.35}
+    assert set(t["kl_mean_max"]) == set(METHODS) - {"sft", "bon"}           # every trained method has a KL cap (best-of-n's KL is exact)
+    assert {k: t["kl_mean_max"][k] for k in ("ppo", "rloo", "grpo", "dpo")} == {"ppo": 6.0, "rloo": 5.0, "grpo": 4.0, "dpo": 5.0}
+    assert t["rm_accuracy"] == 0.85 and t == QUICK_TARGETS
+    assert (q.pref_lr, DemoConfig().pref_lr, q.simpo_lrs) == (3e-4, 5e-4, (1.5e-4,))   # the quick run's steadier preference step
     assert t is not QUICK_TARGETS                                            # a copy: changing a run's targets leaves the constant
     assert (len(q.rloo_betas), len(q.grpo_betas)) == (1, 1) and (len(DemoConfig().rloo_betas), len(DemoConfig().grpo_betas)) == (3, 3)
 
