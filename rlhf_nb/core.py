@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #ce14e7e0
 from __future__ import annotations
 import contextlib, functools, importlib, inspect, sys, warnings
+from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
 __all__ = ['USE_RESPONSE_LOGITS', 'masked_mean', 'masked_var', 'masked_whiten', 'token_logps', 'sequence_logps',
-           'full_logits_reason', 'response_logps']
+           'full_logits_reason', 'ResponseScores', 'response_scores', 'response_logps']
 
 # %% ../nbs/00_core.ipynb #dc2aada4
 def masked_mean(x: torch.Tensor, # values, any shape
@@ -45,6 +46,10 @@ def masked_whiten(x: torch.Tensor, # values, any shape
 # %% ../nbs/00_core.ipynb #38c8be06
 _CHUNK_BYTES = 2 ** 26   # fp32 bytes of logits upcast at once: 64 MiB (a whole small batch, one row of a large vocab)
 
+def _acc(t: torch.Tensor) -> torch.dtype:
+    "The dtype log-softmax is computed in: fp32 for bf16/fp16/fp32 logits, float64 for float64 ones."
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
 def _row_chunks(logits: torch.Tensor):
     "Slices of the batch dim whose rows' fp32 logits fit in `_CHUNK_BYTES` (at least one row each)."
     B, T, V = logits.shape
@@ -52,11 +57,11 @@ def _row_chunks(logits: torch.Tensor):
     return [slice(i, min(i + n, B)) for i in range(0, B, n)]
 
 def _row_lse_and_target(logits: torch.Tensor, idx: torch.Tensor):
-    "Per-position logsumexp and target logit of `logits[:, :-1]` at `idx` (B,T-1), in fp32, a few rows at a time."
-    lse = torch.empty(idx.shape, dtype=torch.float32, device=logits.device)
+    "Per-position logsumexp and target logit of `logits[:, :-1]` at `idx` (B,T-1), in fp32 (float64 logits: float64), a few rows at a time."
+    lse = torch.empty(idx.shape, dtype=_acc(logits), device=logits.device)
     tgt = torch.empty_like(lse)
     for b in _row_chunks(logits):
-        rows = logits[b, :-1].float()                                     # (b, T-1, V) fp32, a few rows at a time
+        rows = logits[b, :-1].to(_acc(logits))                            # (b, T-1, V) fp32, a few rows at a time
         lse[b] = torch.logsumexp(rows, dim=-1)
         tgt[b] = rows.gather(-1, idx[b, :, None]).squeeze(-1)
     return lse, tgt
@@ -72,10 +77,10 @@ class _TokenLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, idx, keep, lse = ctx.saved_tensors
-        g = grad.float() * keep                                            # (B, T-1)
+        g = grad.to(lse.dtype) * keep                                           # (B, T-1)
         out = torch.zeros_like(logits)                                     # the last position predicts nothing
         for b in _row_chunks(logits):
-            d = logits[b, :-1].to(torch.float32, copy=True)               # a copy even when fp32: the logits stay intact
+            d = logits[b, :-1].to(lse.dtype, copy=True)                   # a copy even when fp32: the logits stay intact
             d.sub_(lse[b, :, None]).exp_()                                 # softmax p, (b, T-1, V)
             d.mul_(-g[b, :, None]).scatter_add_(-1, idx[b, :, None], g[b, :, None])  # (onehot - p) * g
             out[b, :-1] = d
@@ -98,7 +103,7 @@ def token_logps(logits: torch.Tensor, # (B, T, V) model outputs for `input_ids`
     keep = labels != ignore_index
     idx = torch.where(keep, labels, 0)
     _check_labels("token_logps", labels[keep], logits.shape[-1], ignore_index)
-    return _TokenLogps.apply(logits, idx, keep.float())
+    return _TokenLogps.apply(logits, idx, keep.to(_acc(logits))).float()
 
 # %% ../nbs/00_core.ipynb #e06bca0a
 def sequence_logps(logits: torch.Tensor, # (B, T, V)
@@ -157,26 +162,45 @@ def _head_context(inner: nn.Module):
     return get_mixed_precision_context_manager(True)
 
 # %% ../nbs/00_core.ipynb #cfaed0b2
-def _chunk_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    "log softmax(head(h))[y] in fp32 for n positions: h (n, H), y (n,) → (n,)."
-    logits = head(h).float()                                               # (n, V) fp32, one chunk only
-    return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+def _chunk_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, temperature: float = 1.0, entropy: bool = False):
+    "log softmax(head(h) / temperature)[y] in fp32 for n positions, h (n, H), y (n,) → (n,); with `entropy`, also H(softmax) (n,)."
+    logits = head(h)
+    logits = logits.to(_acc(logits))                                       # (n, V) fp32, one chunk only
+    if temperature != 1.0: logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)                                  # (n,)
+    lp = logits.gather(-1, y[:, None]).squeeze(-1) - lse
+    if not entropy: return lp
+    return lp, lse - ((logits - lse[:, None]).exp() * logits).sum(-1)      # H = log Z − Σ_v p_v z_v
 
-def _scored_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+def _scored_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, chunk_tokens: int, temperature: float = 1.0,
+                  entropy: bool = False):
     "`_chunk_logps` over (N, H) positions, `chunk_tokens` at a time; with grad, each chunk's logits are recomputed in backward."
     grad = torch.is_grad_enabled()
-    f = lambda hc, yc: checkpoint(_chunk_logps, head, hc, yc, use_reentrant=False) if grad else _chunk_logps(head, hc, yc)
-    return torch.cat([f(h[i:i + chunk_tokens], y[i:i + chunk_tokens]) for i in range(0, len(y), chunk_tokens)])
+    f = lambda hc, yc: (checkpoint(_chunk_logps, head, hc, yc, temperature, entropy, use_reentrant=False) if grad
+                        else _chunk_logps(head, hc, yc, temperature, entropy))
+    parts = [f(h[i:i + chunk_tokens], y[i:i + chunk_tokens]) for i in range(0, len(y), chunk_tokens)]
+    return tuple(map(torch.cat, zip(*parts))) if entropy else torch.cat(parts)
 
 # %% ../nbs/00_core.ipynb #3b6f137c
-def _gather_logps(head: nn.Module, h: torch.Tensor, labels: torch.Tensor, ignore_index: int, V: int, chunk_tokens: int | None):
-    "Scatter the log-probs of the scored positions of `h` (B, T, H) into a (B, T-1) fp32 tensor of zeros."
+class ResponseScores(NamedTuple):
+    "What `response_scores` returns; the fields not asked for are None."
+    logps: torch.Tensor                    # (B, T-1) fp32 log π(label) at the temperature, 0 where the label is not scored
+    entropy: torch.Tensor | None = None    # (B, T-1) fp32 entropy of the next-token distribution at the scored positions, 0 elsewhere
+    hidden: torch.Tensor | None = None     # (B, T, H) the last hidden state (after the final norm), e.g. for a value head
+
+def _gather_logps(head: nn.Module, h: torch.Tensor, labels: torch.Tensor, ignore_index: int, V: int, chunk_tokens: int | None,
+                  temperature: float = 1.0, entropy: bool = False):
+    "Scatter the log-probs (and entropies) of the scored positions of `h` (B, T, H) into (B, T-1) fp32 tensors of zeros."
     y = labels[:, 1:]                                                      # (B, T-1): the shift
     b, t = (y != ignore_index).nonzero(as_tuple=True)                      # (N,), (N,): the scored positions
     _check_labels("response_logps", y[b, t], V, ignore_index)
     n = chunk_tokens or max(1, _HEAD_CHUNK_BYTES // (4 * V))
-    vals = _scored_logps(head, h[b, t], y[b, t], n) if len(b) else h.sum() * 0   # (N,); no scored token: 0, still in the graph
-    return torch.zeros(y.shape, dtype=torch.float32, device=h.device).index_put((b, t), vals.float())
+    if not len(b): vals = (h.sum() * 0,) * 2                              # no scored token: 0, still in the graph
+    elif entropy: vals = _scored_logps(head, h[b, t], y[b, t], n, temperature, True)    # (N,), (N,)
+    else: vals = (_scored_logps(head, h[b, t], y[b, t], n, temperature), None)
+    put = lambda v: None if v is None else torch.zeros(y.shape, dtype=torch.float32, device=h.device).index_put((b, t), v.float())
+    lp, ent = map(put, vals)
+    return lp, ent if entropy else None
 
 def _head_matches(head: nn.Module, h: torch.Tensor, logits: torch.Tensor) -> bool:
     "Whether the model's last-position logits are `head` of its last hidden state, i.e. nothing is applied after the head."
@@ -184,33 +208,62 @@ def _head_matches(head: nn.Module, h: torch.Tensor, logits: torch.Tensor) -> boo
     tol = 16 * torch.finfo(logits.dtype).eps * (1 + theirs.abs().max())
     return bool((mine - theirs).abs().max() <= tol)
 
-def _full_path(model, input_ids, attention_mask, labels, ignore_index, kw) -> torch.Tensor:
-    "Today's path: the full (B, T, V) logits, then `token_logps`."
-    return token_logps(model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits, labels, ignore_index)
+def _row_entropy(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    "Entropy of softmax(logits[:, :-1]) (B, T-1) in fp32, one row at a time, 0 where `keep` is False."
+    ent = [torch.special.entr(row.to(_acc(row)).softmax(-1)).sum(-1) for row in logits[:, :-1]]
+    return torch.stack(ent) * keep
 
-def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / accelerate or peft
-                   input_ids: torch.Tensor, # (B, T)
-                   attention_mask: torch.Tensor, # (B, T)
-                   labels: torch.Tensor, # (B, T) aligned with `input_ids`; `ignore_index` where not scored
-                   ignore_index: int = -100,
-                   chunk_tokens: int | None = None, # positions per head call; None: ~128 MiB of fp32 logits per chunk
-                   padding_free: bool = False, # pack the attended tokens into one (1, N) row: the body never sees a pad
-                   **kwargs, # more arguments of the model's forward, e.g. use_cache=False
-                  ) -> torch.Tensor: # (B, T-1) fp32
-    "`token_logps(model(input_ids, attention_mask).logits, labels)` without the (B, T, V) logits: the head runs on scored positions only."
+def _full_path(model, input_ids, attention_mask, labels, ignore_index, kw, temperature=1.0, entropy=False, hidden=False):
+    "Today's path: the full (B, T, V) logits (divided by the temperature), then `token_logps`."
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **({"output_hidden_states": True} if hidden else {}), **kw)
+    logits = out.logits if temperature == 1.0 else out.logits / temperature
+    keep = labels[:, 1:] != ignore_index
+    return ResponseScores(token_logps(logits, labels, ignore_index), _row_entropy(logits, keep) if entropy else None,
+                          out.hidden_states[-1] if hidden else None)
+
+def response_scores(model: nn.Module, # a causal LM, possibly wrapped by DDP / accelerate or peft
+                    input_ids: torch.Tensor, # (B, T)
+                    attention_mask: torch.Tensor | None, # (B, T)
+                    labels: torch.Tensor, # (B, T) aligned with `input_ids`; `ignore_index` where not scored
+                    ignore_index: int = -100,
+                    temperature: float = 1.0, # score softmax(logits / temperature), the distribution sampled at that temperature
+                    entropy: bool = False, # also the entropy of that distribution at every scored position
+                    hidden: bool = False, # also the last hidden state (B, T, H)
+                    chunk_tokens: int | None = None, # positions per head call; None: ~128 MiB of fp32 logits per chunk
+                    padding_free: bool = False, # pack the attended tokens into one (1, N) row: the body never sees a pad
+                    **kwargs, # more arguments of the model's forward, e.g. use_cache=False, position_ids
+                   ) -> ResponseScores:
+    "`response_logps` with a sampling temperature, and optionally the entropies and the last hidden state, from one forward pass."
     if labels.shape != input_ids.shape:
         raise ValueError(f"response_logps: labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
-    if padding_free: return _packed_logps(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kwargs)
+    if not temperature > 0: raise ValueError(f"response_logps: temperature must be > 0; got {temperature}")
+    opts = dict(temperature=temperature, entropy=entropy, hidden=hidden)
+    if padding_free: return _packed_scores(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kwargs, **opts)
     inner = _unwrap(model)
     reason = full_logits_reason(model) or (None if _accepts_logits_to_keep(inner) else "its forward takes no logits_to_keep")
-    if reason: return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)
+    if reason: return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs, **opts)
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, **kwargs)
     h, head = out.hidden_states[-1], inner.get_output_embeddings()         # (B, T, H): after the final norm
     with _head_context(inner):
         if out.logits.shape[1] == 1 and _head_matches(head, h, out.logits):
-            return _gather_logps(head, h, labels, ignore_index, out.logits.shape[-1], chunk_tokens)
+            lp, ent = _gather_logps(head, h, labels, ignore_index, out.logits.shape[-1], chunk_tokens, temperature, entropy)
+            return ResponseScores(lp, ent, h if hidden else None)
     warnings.warn(f"response_logps: {type(inner).__name__}'s logits are not its output embedding of its last hidden state; using the full logits")
-    return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs)
+    return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs, **opts)
+
+def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / accelerate or peft
+                   input_ids: torch.Tensor, # (B, T)
+                   attention_mask: torch.Tensor | None, # (B, T)
+                   labels: torch.Tensor, # (B, T) aligned with `input_ids`; `ignore_index` where not scored
+                   ignore_index: int = -100,
+                   chunk_tokens: int | None = None, # positions per head call; None: ~128 MiB of fp32 logits per chunk
+                   padding_free: bool = False, # pack the attended tokens into one (1, N) row: the body never sees a pad
+                   temperature: float = 1.0, # score softmax(logits / temperature)
+                   **kwargs, # more arguments of the model's forward, e.g. use_cache=False
+                  ) -> torch.Tensor: # (B, T-1) fp32
+    "`token_logps(model(input_ids, attention_mask).logits, labels)` without the (B, T, V) logits: the head runs on scored positions only."
+    return response_scores(model, input_ids, attention_mask, labels, ignore_index, temperature, chunk_tokens=chunk_tokens,
+                           padding_free=padding_free, **kwargs).logps
 
 # %% ../nbs/00_core.ipynb #2919b565
 def _pack(attention_mask: torch.Tensor, labels: torch.Tensor, ignore_index: int):
@@ -226,15 +279,20 @@ def _pack(attention_mask: torch.Tensor, labels: torch.Tensor, ignore_index: int)
         raise ValueError(f"response_logps: padding_free: labels are scored where attention_mask is 0; put {ignore_index} there")
     return am, pos[am]
 
-def _packed_logps(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kw) -> torch.Tensor:
-    "`response_logps` of a (B, T) batch computed on one (1, N) row of its attended tokens, then put back at (B, T-1)."
+def _packed_scores(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kw, temperature=1.0,
+                   entropy=False, hidden=False) -> ResponseScores:
+    "`response_scores` of a (B, T) batch computed on one (1, N) row of its attended tokens, then put back at (B, T-1) (and (B, T, H))."
     am, pos = _pack(attention_mask, labels, ignore_index)                  # (B, T) bool, (N,)
     y = labels[am].masked_fill(pos == 0, ignore_index)                     # (N,) a sequence's first token has no predictor in it
     kw = {**kw, "position_ids": pos[None], "use_cache": False}             # attention_mask=None: the model reads the packing off the positions
-    lp = response_logps(model, input_ids[am][None], None, y[None], ignore_index, chunk_tokens, **kw)[0]   # (N-1,)
+    out = response_scores(model, input_ids[am][None], None, y[None], ignore_index, temperature, entropy, hidden,
+                          chunk_tokens, **kw)                              # (1, N-1) each, hidden (1, N, H)
     k = am.flatten().cumsum(0).view(am.shape)[:, :-1] - 1                  # (B, T-1) packed index of each position
-    keep = am[:, :-1] & (k < lp.shape[0])                                  # the very last token predicts nothing
-    return torch.zeros(keep.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp[k[keep]])   # (B, T-1)
+    keep = am[:, :-1] & (k < out.logps.shape[1])                           # the very last token predicts nothing
+    back = lambda v: torch.zeros(keep.shape, dtype=v.dtype, device=v.device).masked_scatter(keep, v[0][k[keep]])   # (B, T-1)
+    h = None
+    if hidden: h = out.hidden.new_zeros(*am.shape, out.hidden.shape[-1]).masked_scatter(am[..., None], out.hidden[0])  # (B, T, H)
+    return ResponseScores(back(out.logps), back(out.entropy) if entropy else None, h)
 
 # %% ../nbs/00_core.ipynb #a83c80a3
 def _moved_names(module: str, # the old module's `__name__`

@@ -141,7 +141,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 from torch import nn
-from .core import token_logps
+from .core import token_logps, response_logps
 from .models import reference_model, frozen_copy, is_peft, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
 from .train import TrainConfig, Trainer, split_batch, process_batches, seeded_batches, RowMeans
@@ -225,8 +225,8 @@ def _policy_logps(model: nn.Module, seq: dict, temperature: float, chunk: int) -
     "log π(token) at `temperature` of every response token, (B, T-1), `chunk` rows per forward pass."
     out = []
     for rows in torch.arange(len(seq["input_ids"]), device=seq["input_ids"].device).split(chunk):
-        logits = model(**{k: seq[k][rows] for k in ("input_ids", "attention_mask", "position_ids")}).logits / temperature
-        out.append(token_logps(logits, seq["labels"][rows]))
+        out.append(response_logps(model, seq["input_ids"][rows], seq["attention_mask"][rows], seq["labels"][rows],
+                                  temperature=temperature, position_ids=seq["position_ids"][rows], use_cache=False))
     return torch.cat(out)
 
 @torch.no_grad()
@@ -279,8 +279,8 @@ def grpo_batch(model: nn.Module, # the policy, possibly wrapped by accelerate / 
                cfg: GRPOConfig,
               ) -> tuple[torch.Tensor, dict]:
     "One GRPO / RLOO step: re-score the responses at the sampling temperature, the clipped policy-gradient loss (+ β·k3 for GRPO)."
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
-    logps = token_logps(logits / cfg.temperature, batch["labels"])         # (B, T-1) with grad
+    logps = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], temperature=cfg.temperature,
+                           position_ids=batch["position_ids"], use_cache=False)   # (B, T-1) with grad, the head on the response only
     old = batch["old_logps"] if "old_logps" in batch else logps.detach()  # on-policy: ρ = 1, its gradient ∇log π
     m = batch["mask"]
     # "constant" divides by B·T with T the batch's width, prompt columns included; Dr. GRPO's constant is B × max_new_tokens

@@ -12,7 +12,7 @@ from torch import nn
 from .data import tokenize_prompts, PromptCollator
 from .models import scalar_scores
 from .ppo_trainer import PPOConfig, sample_responses, _texts
-from .core import sequence_logps
+from .core import response_logps
 
 # %% auto #0
 __all__ = ['best_of_n_kl', 'ScoredSamples', 'score_samples', 'best_of_n', 'best_of_n_curve', 'GoldProxyProbe', 'RewardEnsemble',
@@ -70,9 +70,9 @@ def score_samples(policy: nn.Module, tokenizer, prompts: list[str],
                     if len(v) != len(cs): raise ValueError(f"score_samples: scorer {k!r} returned {len(v)} scores for {len(cs)} completions")
                     out[k] += v
                 if reference is not None:
-                    kw = {k: seq[k] for k in ("input_ids", "attention_mask", "position_ids")}
-                    lr += (sequence_logps(policy(**kw).logits / temperature, seq["labels"])
-                           - sequence_logps(reference(**kw).logits / temperature, seq["labels"])).tolist()
+                    lp = [response_logps(m, seq["input_ids"], seq["attention_mask"], seq["labels"], temperature=temperature,
+                                         position_ids=seq["position_ids"], use_cache=False).sum(-1) for m in (policy, reference)]
+                    lr += (lp[0] - lp[1]).tolist()
                 texts += cs; ended += seq["ended"].tolist()
         finally: policy.train(was)
     P = len(prompts)

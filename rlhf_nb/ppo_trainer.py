@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from transformers import AutoModelForSequenceClassification, GenerationConfig
-from .core import masked_mean, masked_whiten, token_logps
+from .core import masked_mean, masked_whiten, token_logps, response_scores, response_logps, ResponseScores
 from .kl import kl_estimate, kl_penalized_rewards, FixedKLController, AdaptiveKLController
 from .models import reference_model, frozen_copy, is_peft, score_head, token_scores, scalar_scores, disable_dropout
 from .data import tokenize_prompts, PromptCollator
@@ -161,7 +161,7 @@ def value_model_from(model: nn.Module, # a causal LM or a scalar (reward) model;
 
 # %% ../nbs/13b_ppo_trainer.ipynb #9fe93ee1
 class PolicyAndValue(nn.Module):
-    "The policy and its critic as one module for one optimizer: forward returns (logits, values)."
+    "The policy and its critic as one module for one optimizer: forward returns (logits, values), or (`ResponseScores`, values) given labels."
     def __init__(self, policy: nn.Module, # a causal LM (peft or not)
                  value_model: nn.Module | str = "shared", # a scalar model on its own trunk, or "shared": a head on the policy's trunk
                 ):
@@ -173,12 +173,22 @@ class PolicyAndValue(nn.Module):
             nn.init.zeros_(self.value_head.weight); nn.init.zeros_(self.value_head.bias)
         else: self.value_model = value_model
 
-    def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        "Policy logits (B, T, V) and values (B, T) in fp32 at every position."
+    def forward(self, input_ids, attention_mask, position_ids,
+                labels: torch.Tensor | None = None, # (B, T): score these tokens (`response_scores`) instead of returning logits
+                temperature: float = 1.0, # with labels: the sampling temperature the log-probs are taken at
+                entropy: bool = False, # with labels: also the entropies of that distribution
+               ) -> tuple[torch.Tensor | ResponseScores, torch.Tensor]:
+        "Values (B, T) in fp32 at every position, after the policy's logits (B, T, V) — or, given labels, their scores, the head run on the scored positions only."
         kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        if self.value_model is not None: return self.policy(**kw).logits, token_scores(self.value_model, **kw)
-        out = self.policy(**kw, output_hidden_states=True)
-        return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1).float()
+        if labels is None:
+            if self.value_model is not None: return self.policy(**kw).logits, token_scores(self.value_model, **kw)
+            out = self.policy(**kw, output_hidden_states=True)
+            return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1).float()
+        shared = self.value_model is None
+        out = response_scores(self.policy, input_ids, attention_mask, labels, temperature=temperature, entropy=entropy,
+                              hidden=shared, position_ids=position_ids, use_cache=False)
+        values = self.value_head(out.hidden).squeeze(-1).float() if shared else token_scores(self.value_model, **kw)
+        return out._replace(hidden=None), values
 
 # %% ../nbs/13b_ppo_trainer.ipynb #9364a2bd
 @patch
@@ -198,25 +208,18 @@ def pretrained_parts(self: PolicyAndValue) -> dict[str, nn.Module]:
     return {"": self.policy, **({} if self.value_model is None else {"value_model": self.value_model})}
 
 # %% ../nbs/13b_ppo_trainer.ipynb #b3e03623
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    "Entropy of softmax(logits) at every position but the last, (B, T-1) fp32, one row at a time."
-    out = []
-    for row in logits[:, :-1]:
-        logp = row.float().log_softmax(-1)                                # (T-1, V)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.stack(out)
-
 @torch.no_grad()
 def _score_tokens(model: PolicyAndValue, seq: dict, temperature: float, ref_model=None, chunk: int = 8) -> dict:
     "Old and reference log-probs at `temperature`, values and entropies, (B, T-1) each, `chunk` rows at a time."
     outs = []
     for rows in torch.arange(len(seq["input_ids"]), device=seq["input_ids"].device).split(chunk):
         kw = {k: seq[k][rows] for k in ("input_ids", "attention_mask", "position_ids")}
-        logits, values = model(**kw)
-        logits = logits / temperature                                     # (b, T, V) the sampling distribution
-        with reference_model(model.policy, ref_model) as ref: ref_logits = ref(**kw).logits / temperature
         labels = seq["labels"][rows]
-        outs.append((token_logps(logits, labels), token_logps(ref_logits, labels), values[:, :-1], _entropy(logits)))
+        pol, values = model(**kw, labels=labels, temperature=temperature, entropy=True)   # at the sampling distribution
+        with reference_model(model.policy, ref_model) as ref:
+            ref_logps = response_logps(ref, kw["input_ids"], kw["attention_mask"], labels, temperature=temperature,
+                                       position_ids=kw["position_ids"], use_cache=False)
+        outs.append((pol.logps, ref_logps, values[:, :-1], pol.entropy))
     return dict(zip(("old_logps", "ref_logps", "old_values", "entropy"), (torch.cat(x) for x in zip(*outs))))
 
 # %% ../nbs/13b_ppo_trainer.ipynb #53c64e21
@@ -285,8 +288,8 @@ def ppo_batch(model: nn.Module, # `PolicyAndValue`, possibly wrapped by accelera
               cfg: PPOConfig, # temperature, clip ranges, vf_coef
              ) -> tuple[torch.Tensor, dict]:
     "One PPO step: re-score the stored responses at the sampling temperature, L = L^CLIP + c₁·L^VF; TRL's metric names."
-    logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])   # (B, T, V), (B, T)
-    logps = token_logps(logits / cfg.temperature, batch["labels"])         # (B, T-1) log π_θ at the sampling temperature
+    out, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"], cfg.temperature)
+    logps = out.logps                                                      # (B, T-1) log π_θ at the sampling temperature
     pg_loss, pg = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"], cfg.clip_range)
     vf_loss, vf = ppo_value_loss(values[:, :-1], batch["old_values"], batch["returns"], batch["mask"], cfg.vf_clip_range)
     ratio = masked_mean((logps - batch["old_logps"]).detach().exp(), batch["mask"])

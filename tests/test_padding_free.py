@@ -27,9 +27,9 @@ def tok(): return tiny_tokenizer()
 @pytest.fixture
 def packed_calls(monkeypatch):
     "Whether each packed forward ran with gradients (policy) or without (reference, precompute), in order."
-    calls, real = [], core._packed_logps
+    calls, real = [], core._packed_scores
     def spy(*a, **k): calls.append(torch.is_grad_enabled()); return real(*a, **k)
-    monkeypatch.setattr(core, "_packed_logps", spy)
+    monkeypatch.setattr(core, "_packed_scores", spy)
     return calls
 
 def losses(history) -> list[float]: return [h["loss"] for h in history if "loss" in h]
