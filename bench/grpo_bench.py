@@ -29,11 +29,12 @@ completion length, no vLLM, no gradient checkpointing) and each run counts the f
 sampling, the sign that the KV cache is used. Usage (5 to 6 minutes on 2 shared cores with the defaults):
     pip install -e ".[dev,bench]"
     OMP_NUM_THREADS=1 python bench/grpo_bench.py [--updates 3] [--warmup 1] [--repeats 2] [--betas 0,0.04]
-                                                 [--algos grpo,rloo] [--json out.json]
+                                                 [--algos grpo,rloo] [--json out.json] [--logps-from-sampler]
 """
 import argparse, json, os, shutil, statistics, sys, tempfile, time
 
 PROMPTS, K, NEW, LR = 8, 8, 32, 1e-5
+SAMPLER = False   # --logps-from-sampler: rlhf_nb takes the policy's log-probs from the sampler (RLOO's KL: one pass less)
 
 def save_model(folder: str):
     "The policy and its tokenizer, written once with save_pretrained: every run loads the same weights."
@@ -81,7 +82,7 @@ def run_rlhf_nb(folder, algo, beta, steps, warmup):
                       max_grad_norm=1.0, progress=False, save_final=False, log_every=1)
     gcfg = GRPOConfig(num_generations=K, max_new_tokens=NEW, temperature=1.0, beta=beta, scale_rewards=True,
                       # RLOO: Σ over all response tokens / (B·max_new_tokens), TRL's per-sequence sum over B up to 1/32
-                      loss_aggregation="token" if algo == "grpo" else "constant")
+                      loss_aggregation="token" if algo == "grpo" else "constant", logps_from_sampler=SAMPLER)
     t = (grpo if algo == "grpo" else rloo)(policy, tok, [{"prompt": p} for p in prompts()], letter_e, config=cfg,
                                            grpo_config=gcfg, callbacks=[Timer()])
     h = t.history
@@ -196,7 +197,9 @@ def main():
     ap.add_argument("--betas", default="0,0.04", help="KL coefficients, comma-separated")
     ap.add_argument("--algos", default="grpo,rloo", help="grpo and/or rloo, comma-separated")
     ap.add_argument("--json", help="also write every run's numbers to this file")
+    ap.add_argument("--logps-from-sampler", action="store_true", help="rlhf_nb with GRPOConfig(logps_from_sampler=True)")
     a = ap.parse_args()
+    global SAMPLER; SAMPLER = a.logps_from_sampler                        # read by the forked runs
     if a.warmup < 1: ap.error("--warmup must be >= 1: the first update's wall time has no start mark")
     algos, betas = a.algos.split(","), [float(b) for b in a.betas.split(",")]
     if not set(algos) <= {"grpo", "rloo"}: ap.error(f"--algos {a.algos}: choose among grpo, rloo")

@@ -5,7 +5,7 @@ Setting (from the issue): a Llama policy (hidden 256, 4 layers, 4 heads), tiny L
 128, 2 layers), 8 prompts × 32 new tokens per update, 4 PPO epochs, 1 minibatch, fp32 on the CPU (or CUDA if present).
 Each variant runs in its own process. Usage:
     pip install -e ".[dev,bench]" trl==1.12.0     # TRL's PPOTrainer (trl.experimental.ppo) is gone from later releases
-    python bench/ppo_bench.py [--updates 6] [--warmup 2]
+    python bench/ppo_bench.py [--updates 6] [--warmup 2] [--repeats 3]
 """
 import argparse, copy, json, os, statistics, subprocess, sys, time
 
@@ -22,7 +22,7 @@ def setup():
     prompts = [f"The movie number {i} was" for i in range(256)]
     return tok, policy, rm, value, prompts
 
-def run_rlhf_nb(updates):
+def run_rlhf_nb(updates, sampler=False):
     import tempfile
     from rlhf_nb.ppo_trainer import ppo, PPOConfig
     from rlhf_nb.train import TrainConfig
@@ -30,7 +30,8 @@ def run_rlhf_nb(updates):
     cfg = TrainConfig(output_dir=tempfile.mkdtemp(), max_steps=updates, batch_size=PROMPTS, lr=1e-5, progress=False,
                       save_final=False, max_grad_norm=None)
     t = ppo(policy, tok, [{"prompt": p} for p in prompts], reward_model=rm, config=cfg, value_model=value,
-            ppo_config=PPOConfig(max_new_tokens=NEW, temperature=0.7, ppo_epochs=EPOCHS, num_minibatches=1))
+            ppo_config=PPOConfig(max_new_tokens=NEW, temperature=0.7, ppo_epochs=EPOCHS, num_minibatches=1,
+                                 logps_from_sampler=sampler))
     steps = [h["step_time_s"] for h in t.history]                 # log_every=1: one row per minibatch step
     return [sum(steps[i:i + EPOCHS]) for i in range(0, len(steps), EPOCHS)]
 
@@ -78,12 +79,13 @@ def run_generation(updates, ours: bool):
         times.append(time.perf_counter() - t0); tokens.append(n)
     return [n / t for n, t in zip(tokens, times)]
 
-VARIANTS = {"rlhf_nb": run_rlhf_nb, "trl": run_trl, "generate_rlhf_nb": lambda u: run_generation(u, True),
+VARIANTS = {"rlhf_nb": run_rlhf_nb, "rlhf_nb_sampler": lambda u: run_rlhf_nb(u, sampler=True), "trl": run_trl, "generate_rlhf_nb": lambda u: run_generation(u, True),
             "generate_bare": lambda u: run_generation(u, False)}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--updates", type=int, default=6); ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each variant, interleaved (round 1: every variant, round 2: ...)")
     ap.add_argument("--variants", default=",".join(VARIANTS)); ap.add_argument("--child")
     a = ap.parse_args()
     if a.child:
@@ -91,17 +93,26 @@ def main():
         vals = VARIANTS[a.child](a.updates + a.warmup)[a.warmup:]
         print(json.dumps({"variant": a.child, "median": statistics.median(vals), "n": len(vals)})); return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    res = {}
-    for v in a.variants.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", v, "--updates", str(a.updates), "--warmup", str(a.warmup)],
-                             capture_output=True, text=True, env=env)
-        if out.returncode: sys.exit(f"{v} failed:\n{out.stderr[-3000:]}")
-        res[v] = json.loads(out.stdout.strip().splitlines()[-1])["median"]
-    print("| measure | rlhf_nb | reference | ratio | target |\n|---|---|---|---|---|")
-    if "rlhf_nb" in res and "trl" in res:
-        print(f"| seconds per PPO update | {res['rlhf_nb']:.3f} | TRL {res['trl']:.3f} | {res['rlhf_nb'] / res['trl']:.2f} | ≤ 0.5 |")
-    if "generate_rlhf_nb" in res and "generate_bare" in res:
-        print(f"| generation tokens/s | {res['generate_rlhf_nb']:.0f} | bare generate {res['generate_bare']:.0f} | "
-              f"{res['generate_rlhf_nb'] / res['generate_bare']:.2f} | ≥ 0.9 |")
+    rounds = []
+    for _ in range(a.repeats):
+        res = {}
+        for v in a.variants.split(","):
+            out = subprocess.run([sys.executable, __file__, "--child", v, "--updates", str(a.updates), "--warmup", str(a.warmup)],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode: sys.exit(f"{v} failed:\n{out.stderr[-3000:]}")
+            res[v] = json.loads(out.stdout.strip().splitlines()[-1])["median"]
+        rounds.append(res)
+    med = lambda v: statistics.median(r[v] for r in rounds)
+    ratios = lambda v, ref: ", ".join(f"{r[v] / r[ref]:.2f}" for r in rounds)     # one ratio per round: the runs side by side
+    have = set(rounds[0])
+    print("| measure | rlhf_nb | reference | ratio (median) | per round | target |\n|---|---|---|---|---|---|")
+    for v, label in (("rlhf_nb", "seconds per PPO update"), ("rlhf_nb_sampler", "seconds per PPO update, logps_from_sampler")):
+        if {v, "trl"} <= have:
+            print(f"| {label} | {med(v):.3f} | TRL {med('trl'):.3f} | "
+                  f"{statistics.median(r[v] / r['trl'] for r in rounds):.2f} | {ratios(v, 'trl')} | ≤ 0.5 |")
+    if {"generate_rlhf_nb", "generate_bare"} <= have:
+        print(f"| generation tokens/s | {med('generate_rlhf_nb'):.0f} | bare generate {med('generate_bare'):.0f} | "
+              f"{statistics.median(r['generate_rlhf_nb'] / r['generate_bare'] for r in rounds):.2f} | "
+              f"{ratios('generate_rlhf_nb', 'generate_bare')} | ≥ 0.9 |")
 
 if __name__ == "__main__": main()

@@ -168,6 +168,7 @@ class GRPOConfig:
     ppo_epochs: int = 1                  # passes over each rollout; 1 with num_minibatches=1 is on-policy: ρ = 1
     num_minibatches: int = 1             # optimizer steps per pass
     reward_weights: list[float] | None = None  # one weight per reward function (and reward model); None = all 1
+    logps_from_sampler: bool = False     # the policy's log-probs (old, and for the KL) from the sampler's logits: no re-scoring pass
 
     def __post_init__(self):
         if self.advantage not in ("grpo", "rloo"): raise ValueError(f"GRPOConfig.advantage={self.advantage!r}: choose 'grpo' or 'rloo'")
@@ -245,7 +246,9 @@ def grpo_rollout(policy: nn.Module, # a causal LM (peft or not), not wrapped by 
     group = _repeat(prompts, k)                                           # B·k rows, each prompt's k in a row
     policy.eval()
     try:
-        seq = sample_responses(policy, group["input_ids"], group["attention_mask"], tokenizer, cfg)
+        seq = sample_responses(policy, group["input_ids"], group["attention_mask"], tokenizer, cfg, record=cfg.logps_from_sampler)
+        own = seq.pop("sampler_logps", None); seq.pop("sampler_entropy", None)
+        policy_logps = lambda: own if own is not None else _policy_logps(policy, seq, cfg.temperature, chunk)
         stop = cfg.stop_token_id if cfg.stop_token_id is not None else tokenizer.eos_token_id
         texts, completions = _texts(seq, group, tokenizer, stop)
         cols, dev = _columns(group), seq["input_ids"].device
@@ -253,12 +256,12 @@ def grpo_rollout(policy: nn.Module, # a causal LM (peft or not), not wrapped by 
                                if isinstance(r, nn.Module) else call_reward(r, texts, completions, cols)) for r in rewards], 1)   # (B·k, F)
         scores = (per_fn * torch.tensor(weights, dtype=torch.float32)).sum(1).to(dev)          # (B·k,)
         if cfg.missing_eos_penalty is not None: scores = scores - cfg.missing_eos_penalty * (~seq["ended"]).float()
-        if not cfg.on_policy: seq["old_logps"] = _policy_logps(policy, seq, cfg.temperature, chunk)
+        if not cfg.on_policy: seq["old_logps"] = policy_logps()
         m, kl = seq["mask"], None
         if need_ref:
             with reference_model(policy, ref_model) as ref: seq["ref_logps"] = _policy_logps(ref, seq, cfg.temperature, chunk)
             if cfg.advantage == "rloo" or "old_logps" in seq or seq_kl:              # Σ_t log π/π_ref per response (RLOO's reward needs it)
-                lp = seq["old_logps"] if "old_logps" in seq else _policy_logps(policy, seq, cfg.temperature, chunk)
+                lp = seq["old_logps"] if "old_logps" in seq else policy_logps()
                 kl = torch.where(m, lp - seq["ref_logps"], 0).sum(1)       # (B·k,)
     finally: policy.train(was_training)
     if cfg.advantage == "rloo":

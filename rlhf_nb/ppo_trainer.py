@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 from fastcore.basics import patch
-from transformers import AutoModelForSequenceClassification, GenerationConfig
+from transformers import AutoModelForSequenceClassification, GenerationConfig, LogitsProcessor, LogitsProcessorList
 from .core import masked_mean, masked_whiten, token_logps, response_scores, response_logps, ResponseScores
 from .kl import kl_estimate, kl_penalized_rewards, FixedKLController, AdaptiveKLController
 from .models import reference_model, frozen_copy, is_peft, score_head, token_scores, scalar_scores, disable_dropout
@@ -48,6 +48,7 @@ class PPOConfig:
     kl_horizon: float = 10_000           # adaptive controller's horizon, in responses
     kl_estimator: str = "k1"             # per-token KL in the reward: "k1"; "k2"/"k3" optimise another quantity (warned, see 12_kl)
     whiten_rewards: bool = False         # scale each rollout's per-token rewards to unit variance (mean kept)
+    logps_from_sampler: bool = False     # log π_old and the entropy from the sampler's own logits: no policy re-scoring pass with a separate critic
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges
@@ -91,6 +92,30 @@ def _plain_sampling(policy: nn.Module):
     try: yield
     finally: m.generation_config = saved
 
+# %% ../nbs/13b_ppo_trainer.ipynb #0835a0dc
+class _SamplerRecord(LogitsProcessor):
+    "Records, as `generate` runs, log softmax(z / T) at each sampled token and that distribution's entropy; changes no logits."
+    def __init__(self, prompt_len: int, temperature: float):
+        self.P, self.T, self.prev, self.logps, self.entropy = prompt_len, temperature, None, [], []
+
+    def _take(self, tokens: torch.Tensor):
+        "The log-prob of `tokens` (B,) under the distribution recorded last."
+        self.logps.append(self.prev.gather(-1, tokens[:, None]).squeeze(-1))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.P: self._take(input_ids[:, -1])   # the token drawn at the previous step
+        lp = (scores.float() / self.T).log_softmax(-1)                  # (B, V): the logits before top-k / top-p
+        self.entropy.append(torch.special.entr(lp.exp()).sum(-1)); self.prev = lp
+        return scores
+
+    def result(self, sequences: torch.Tensor, keep: torch.Tensor) -> dict:
+        "`sampler_logps` and `sampler_entropy` (B, P+N-1) in the columns of `token_logps`, 0 where `keep` is False."
+        self._take(sequences[:, -1])
+        def pad(cols):
+            x = torch.stack(cols, 1)                                       # (B, N): column j scores response token j
+            return torch.cat([x.new_zeros(len(x), self.P - 1), x], 1)[:, :keep.shape[1]] * keep
+        return {"sampler_logps": pad(self.logps), "sampler_entropy": pad(self.entropy)}
+
 # %% ../nbs/13b_ppo_trainer.ipynb #2637bb0e
 @torch.no_grad()
 def sample_responses(policy: nn.Module, # a causal LM (peft or not), not wrapped by DDP
@@ -98,20 +123,24 @@ def sample_responses(policy: nn.Module, # a causal LM (peft or not), not wrapped
            attention_mask: torch.Tensor, # (B, P)
            tokenizer, # its pad id fills the cut responses
            cfg: PPOConfig, # max_new_tokens, temperature, top_k, top_p, stop_token_id
+           record: bool = False, # also `sampler_logps` and `sampler_entropy` (B, P+N-1): what the sampler's logits say
           ) -> dict: # input_ids, attention_mask, position_ids, labels (B, P+N); mask (B, P+N-1); ended (B,)
     "Sample one response per prompt with the KV cache, cut at the stop token; tensors laid out for re-scoring."
     stop = cfg.stop_token_id if cfg.stop_token_id is not None else tokenizer.eos_token_id
+    rec = _SamplerRecord(input_ids.shape[1], cfg.temperature) if record else None
     with _plain_sampling(policy):
         out = policy.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, use_cache=True,
                               temperature=cfg.temperature, top_k=cfg.top_k or 0, top_p=cfg.top_p or 1.0,
-                              max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
+                              max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop,
+                              logits_processor=LogitsProcessorList([rec] if rec else []))
     response, rmask = truncate_at_stop(out[:, input_ids.shape[1]:], stop, tokenizer.pad_token_id)  # (B, N) each
     mask = torch.cat([attention_mask.bool(), rmask], 1)                   # (B, P+N)
     labels = torch.cat([torch.full_like(input_ids, -100), response.masked_fill(~rmask, -100)], 1)  # (B, P+N)
     return {"input_ids": torch.cat([input_ids, response], 1), "attention_mask": mask.long(),
             "position_ids": position_ids_from_mask(mask), "labels": labels,
             "mask": labels[:, 1:] != -100,                                # (B, P+N-1) response tokens in token_logps columns
-            "ended": (rmask & (response == stop)).any(1)}                 # (B,) the response has its stop token
+            "ended": (rmask & (response == stop)).any(1),                 # (B,) the response has its stop token
+            **(rec.result(out, mask[:, 1:] & (labels[:, 1:] != -100)) if rec else {})}
 
 # %% ../nbs/13b_ppo_trainer.ipynb #dc4284a0
 def _texts(seq: dict, prompts: dict, tokenizer, stop: int) -> tuple[list[str], list[str]]:
@@ -215,7 +244,9 @@ def _score_tokens(model: PolicyAndValue, seq: dict, temperature: float, ref_mode
     for rows in torch.arange(len(seq["input_ids"]), device=seq["input_ids"].device).split(chunk):
         kw = {k: seq[k][rows] for k in ("input_ids", "attention_mask", "position_ids")}
         labels = seq["labels"][rows]
-        pol, values = model(**kw, labels=labels, temperature=temperature, entropy=True)   # at the sampling distribution
+        if "sampler_logps" in seq and model.value_model is not None:      # the sampler's numbers: no policy pass
+            pol, values = ResponseScores(seq["sampler_logps"][rows], seq["sampler_entropy"][rows]), token_scores(model.value_model, **kw)
+        else: pol, values = model(**kw, labels=labels, temperature=temperature, entropy=True)   # at the sampling distribution
         with reference_model(model.policy, ref_model) as ref:
             ref_logps = response_logps(ref, kw["input_ids"], kw["attention_mask"], labels, temperature=temperature,
                                        position_ids=kw["position_ids"], use_cache=False)
@@ -257,7 +288,7 @@ def rollout(model: PolicyAndValue, # not wrapped by DDP (`accelerator.unwrap_mod
     was_training = model.training
     model.eval()                                                          # no dropout while sampling and scoring
     try:
-        seq = sample_responses(model.policy, prompts["input_ids"], prompts["attention_mask"], tokenizer, cfg)
+        seq = sample_responses(model.policy, prompts["input_ids"], prompts["attention_mask"], tokenizer, cfg, record=cfg.logps_from_sampler)
         seq["scores"] = score_responses(seq, prompts, tokenizer, cfg, reward_model, reward_fn)
         seq |= _score_tokens(model, seq, cfg.temperature, ref_model, chunk)
     finally: model.train(was_training)
@@ -266,6 +297,7 @@ def rollout(model: PolicyAndValue, # not wrapped by DDP (`accelerator.unwrap_mod
     seq["rewards"] = masked_whiten(rewards, m, shift_mean=False) if cfg.whiten_rewards else rewards
     adv, seq["returns"] = gae(seq["rewards"], seq["old_values"], m, cfg.gamma, cfg.lam)
     seq["advantages"] = masked_whiten(adv, m)                             # (B, T-1) Â, whitened over the rollout
+    for k in ("sampler_logps", "sampler_entropy"): seq.pop(k, None)
     seq["metrics"] = _rollout_metrics(seq, seq.pop("entropy"), beta, cfg.kl_estimator)
     return seq
 

@@ -498,6 +498,8 @@ def seeded_batches(dataset, collate_fn: Callable, batch_size: int,
                    seed: int = 0, # process i samples with seed + i; the training random state is left as it was
                   ):
     "`process_batches` for an evaluation that samples: the same random numbers at every call, in the run's autocast."
+    # The training random state comes back when the generator finishes or is closed (a `for` loop that runs to the end,
+    # or `break` followed by garbage collection); a generator left suspended keeps the evaluation's state installed.
     acc = accelerator
     with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []), acc.autocast():
         torch.manual_seed(seed + acc.process_index)

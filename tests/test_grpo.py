@@ -58,6 +58,28 @@ def test_rollout_groups_and_advantages():
     assert torch.allclose(ro2["advantages"], A.flatten() * 4 / 3, atol=1e-5)
 
 
+def test_logps_from_sampler_skips_the_policy_pass():
+    # off-policy RLOO with a KL: old log-probs and the KL from the sampler equal a re-scoring pass, with one policy pass less
+    ds, _ = tokenize_prompts(ROWS[:3], TOK)
+    batch = PromptCollator(TOK.pad_token_id)([ds[i] for i in range(3)])
+    policy, ref = tiny_llama(TOK, seed=0), tiny_llama(TOK, seed=1)
+    calls, out = [], {}
+    hook = policy.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[1]), with_kwargs=True)
+    for sampler in (False, True):
+        torch.manual_seed(0); calls.clear()
+        c = GRPOConfig(num_generations=4, max_new_tokens=6, advantage="rloo", beta=0.1, ppo_epochs=2, logps_from_sampler=sampler)
+        out[sampler] = ro = grpo_rollout(policy, batch, TOK, c, [length], [1.0], ref_model=ref, need_ref=True, chunk=12)
+        new = ro["input_ids"].shape[1] - batch["input_ids"].shape[1]
+        assert len(calls) == new + (0 if sampler else 1)                  # the sampler's steps (+ one re-scoring pass)
+    hook.remove()
+    a, b = out[True], out[False]
+    assert torch.equal(a["input_ids"], b["input_ids"]) and "sampler_logps" not in a
+    assert torch.allclose(a["old_logps"], b["old_logps"], atol=1e-5)
+    assert torch.allclose(a["metrics"]["objective/kl"], b["metrics"]["objective/kl"], atol=1e-4)
+    assert torch.allclose(a["advantages"], b["advantages"], atol=1e-4)
+    assert a["metrics"]["objective/kl"].abs() > 0.01                       # a real KL: the reference differs
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="num_generations=1: a group baseline needs at least 2"): GRPOConfig(num_generations=1)
     with pytest.raises(ValueError, match="choose 'token', 'sequence' or 'constant'"): GRPOConfig(loss_aggregation="mean")
