@@ -14,6 +14,7 @@ Variants, each in its own process (peak RSS above the level before training, via
   dpo:  rlhf_nb (response-only logits, `rlhf_nb.core.response_logps`), rlhf_nb_full (USE_RESPONSE_LOGITS = False:
         full (B, T, V) logits), trl (DPOTrainer), bare (plain torch: policy fwd+bwd, reference fwd, loss, AdamW).
         rlhf_nb_pf: rlhf_nb with `DPOConfig(padding_free=True)`: each batch packed into one row of its real tokens.
+        rlhf_nb_sp: rlhf_nb with `DPOConfig(shared_prompt=True)`: one row per pair, prompt | chosen | rejected.
   sft:  the same four, with SFTTrainer (prompt-completion rows, loss on the completion). If `rlhf_nb.sft.sft_batch`
         does not call `response_logps` yet, the rlhf_nb variant swaps in `sft_batch_response` below and says so.
         rlhf_nb_pf: `SFTConfig(padding_free=True)`; trl_pf: TRL's `SFTConfig(padding_free=True)`.
@@ -115,7 +116,7 @@ def sft_batch_response(model, batch, per_token=False):
     loss = -lp.sum() / n_tokens.clamp(min=1) if per_token else -masked_mean(lp, batch["labels"][:, 1:] != -100, dim=-1).mean()
     return loss, {"nll": loss.detach(), "ppl": loss.detach().exp(), "tokens": n_tokens.float()}
 
-def run_rlhf_nb(task, tok, rows, a, response, padding_free=False):
+def run_rlhf_nb(task, tok, rows, a, response, padding_free=False, shared_prompt=False):
     import inspect, rlhf_nb.core as core, rlhf_nb.sft as sft_mod
     from rlhf_nb.dpo_trainer import dpo, DPOConfig
     from rlhf_nb.models import frozen_copy
@@ -127,7 +128,7 @@ def run_rlhf_nb(task, tok, rows, a, response, padding_free=False):
     cfg, base = train_cfg(a.steps + a.warmup, a.batch), rss_mib()
     if task == "dpo":
         t = dpo(policy, tok, rows, cfg, DPOConfig(beta=0.1, max_length=a.max_length, max_prompt_length=a.max_length // 2,
-                                          padding_free=padding_free), ref_model=ref)
+                                          padding_free=padding_free, shared_prompt=shared_prompt), ref_model=ref)
     else:
         t = sft_mod.sft(policy, tok, rows, cfg, sft_mod.SFTConfig(max_length=a.max_length, max_prompt_length=a.max_length // 2,
                                                                  padding_free=padding_free))
@@ -207,8 +208,8 @@ def run_trl(task, tok, rows, a, response, padding_free=False):
 
 VARIANTS = {"rlhf_nb": (run_rlhf_nb, True), "rlhf_nb_full": (run_rlhf_nb, False), "trl": (run_trl, False),
             "bare": (run_bare, False), "rlhf_nb_pf": (partial(run_rlhf_nb, padding_free=True), True),
-            "trl_pf": (partial(run_trl, padding_free=True), False)}
-ONLY = {"trl_pf": ("sft",)}                                   # TRL's DPOTrainer switches padding_free off
+            "trl_pf": (partial(run_trl, padding_free=True), False), "rlhf_nb_sp": (partial(run_rlhf_nb, shared_prompt=True), True)}
+ONLY = {"trl_pf": ("sft",), "rlhf_nb_sp": ("dpo",)}           # TRL's DPOTrainer switches padding_free off; SFT has no pairs
 
 def child(a):
     import torch

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['USE_RESPONSE_LOGITS', 'masked_mean', 'masked_var', 'masked_whiten', 'token_logps', 'sequence_logps',
-           'full_logits_reason', 'ResponseScores', 'response_scores', 'response_logps']
+__all__ = ['USE_RESPONSE_LOGITS', 'KEEP_LOGITS_BYTES', 'masked_mean', 'masked_var', 'masked_whiten', 'token_logps',
+           'sequence_logps', 'full_logits_reason', 'ResponseScores', 'response_scores', 'response_logps']
 
 # %% ../nbs/00_core.ipynb #dc2aada4
 def masked_mean(x: torch.Tensor, # values, any shape
@@ -119,6 +119,7 @@ def sequence_logps(logits: torch.Tensor, # (B, T, V)
 # %% ../nbs/00_core.ipynb #acc5fcc0
 USE_RESPONSE_LOGITS = True   # False: every model call computes the full (B, T, V) logits, as before
 _HEAD_CHUNK_BYTES = 2 ** 27  # fp32 logits per head chunk: 128 MiB (~220 positions at V = 151,665; fewer, larger chunks are faster)
+KEEP_LOGITS_BYTES = 2 ** 28  # with grad, scored logits up to 256 MiB (fp32) are kept for backward; larger: recomputed per chunk
 
 _AFTER_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")  # Gemma-2, Cohere, Granite, ...
 
@@ -170,7 +171,29 @@ def _chunk_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, temperature:
     lse = torch.logsumexp(logits, dim=-1)                                  # (n,)
     lp = logits.gather(-1, y[:, None]).squeeze(-1) - lse
     if not entropy: return lp
-    return lp, lse - ((logits - lse[:, None]).exp() * logits).sum(-1)      # H = log Z − Σ_v p_v z_v
+    p = (logits - lse[:, None]).exp()                                      # (n, V): the one more (n, V) tensor
+    return lp, lse - torch.bmm(p[:, None], logits[:, :, None]).view(-1)   # H = log Z − Σ_v p_v z_v
+
+class _PickLogps(torch.autograd.Function):
+    "log softmax(z / T)[y] of (N, V) logits in fp32, a few rows at a time; saves z itself for backward, no fp32 copy, no recompute."
+    @staticmethod
+    def forward(ctx, z, y, temperature):
+        lse = torch.empty(len(y), dtype=_acc(z), device=z.device)
+        tgt, n = torch.empty_like(lse), max(1, _CHUNK_BYTES // (4 * z.shape[-1]))
+        for i in range(0, len(y), n):
+            r = z[i:i + n].to(lse.dtype) / temperature                    # (n, V) fp32
+            lse[i:i + n], tgt[i:i + n] = torch.logsumexp(r, -1), r.gather(-1, y[i:i + n, None]).squeeze(-1)
+        ctx.save_for_backward(z, y, lse); ctx.temperature, ctx.n = temperature, n
+        return tgt - lse
+
+    @staticmethod
+    def backward(ctx, g):
+        z, y, lse = ctx.saved_tensors
+        g, out, n = g.to(lse.dtype) / ctx.temperature, torch.empty_like(z), ctx.n
+        for i in range(0, len(y), n):
+            d = z[i:i + n].to(lse.dtype, copy=True).div_(ctx.temperature).sub_(lse[i:i + n, None]).exp_()   # softmax p
+            out[i:i + n] = d.mul_(-g[i:i + n, None]).scatter_add_(-1, y[i:i + n, None], g[i:i + n, None])  # (onehot − p)·g/T
+        return out, None, None
 
 def _scored_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, chunk_tokens: int, temperature: float = 1.0,
                   entropy: bool = False):
@@ -188,19 +211,36 @@ class ResponseScores(NamedTuple):
     entropy: torch.Tensor | None = None    # (B, T-1) fp32 entropy of the next-token distribution at the scored positions, 0 elsewhere
     hidden: torch.Tensor | None = None     # (B, T, H) the last hidden state (after the final norm), e.g. for a value head
 
+def _pick_logps(head: nn.Module, h: torch.Tensor, y: torch.Tensor, V: int, chunk_tokens: int | None,
+                temperature: float = 1.0, entropy: bool = False):
+    "log softmax(head(h) / T)[y] for N positions h (N, H), y (N,) (and the entropies, else None): kept or chunked as the size asks."
+    n = chunk_tokens or max(1, _HEAD_CHUNK_BYTES // (4 * V))
+    if not len(y): return (h.sum(-1) * 0,) * 2 if entropy else (h.sum(-1) * 0, None)   # (0,): no scored token, still in the graph
+    if entropy: return _scored_logps(head, h, y, n, temperature, True)   # (N,), (N,)
+    if chunk_tokens is None and torch.is_grad_enabled() and len(y) * V * 4 <= KEEP_LOGITS_BYTES:   # small: kept, not recomputed
+        return _PickLogps.apply(head(h), y, temperature), None
+    return _scored_logps(head, h, y, n, temperature), None
+
 def _gather_logps(head: nn.Module, h: torch.Tensor, labels: torch.Tensor, ignore_index: int, V: int, chunk_tokens: int | None,
                   temperature: float = 1.0, entropy: bool = False):
     "Scatter the log-probs (and entropies) of the scored positions of `h` (B, T, H) into (B, T-1) fp32 tensors of zeros."
     y = labels[:, 1:]                                                      # (B, T-1): the shift
     b, t = (y != ignore_index).nonzero(as_tuple=True)                      # (N,), (N,): the scored positions
     _check_labels("response_logps", y[b, t], V, ignore_index)
-    n = chunk_tokens or max(1, _HEAD_CHUNK_BYTES // (4 * V))
-    if not len(b): vals = (h.sum() * 0,) * 2                              # no scored token: 0, still in the graph
-    elif entropy: vals = _scored_logps(head, h[b, t], y[b, t], n, temperature, True)    # (N,), (N,)
-    else: vals = (_scored_logps(head, h[b, t], y[b, t], n, temperature), None)
+    vals = _pick_logps(head, h[b, t], y[b, t], V, chunk_tokens, temperature, entropy)
     put = lambda v: None if v is None else torch.zeros(y.shape, dtype=torch.float32, device=h.device).index_put((b, t), v.float())
-    lp, ent = map(put, vals)
-    return lp, ent if entropy else None
+    return tuple(map(put, vals))
+
+def _head_forward(who: str, model: nn.Module, input_ids, attention_mask, kw: dict):
+    "The model's forward with the logits of its last position only: (last hidden state, head, V, the head calls' context), or None."
+    inner = _unwrap(model)
+    if full_logits_reason(model) or not _accepts_logits_to_keep(inner): return None
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, **kw)
+    h, head = out.hidden_states[-1], inner.get_output_embeddings()         # (B, T, H): after the final norm
+    with _head_context(inner):
+        if out.logits.shape[1] == 1 and _head_matches(head, h, out.logits): return h, head, out.logits.shape[-1], _head_context(inner)
+    warnings.warn(f"{who}: {type(inner).__name__}'s logits are not its output embedding of its last hidden state; using the full logits")
+    return None
 
 def _head_matches(head: nn.Module, h: torch.Tensor, logits: torch.Tensor) -> bool:
     "Whether the model's last-position logits are `head` of its last hidden state, i.e. nothing is applied after the head."
@@ -239,17 +279,11 @@ def response_scores(model: nn.Module, # a causal LM, possibly wrapped by DDP / a
     if not temperature > 0: raise ValueError(f"response_logps: temperature must be > 0; got {temperature}")
     opts = dict(temperature=temperature, entropy=entropy, hidden=hidden)
     if padding_free: return _packed_scores(model, input_ids, attention_mask, labels, ignore_index, chunk_tokens, kwargs, **opts)
-    inner = _unwrap(model)
-    reason = full_logits_reason(model) or (None if _accepts_logits_to_keep(inner) else "its forward takes no logits_to_keep")
-    if reason: return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs, **opts)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, **kwargs)
-    h, head = out.hidden_states[-1], inner.get_output_embeddings()         # (B, T, H): after the final norm
-    with _head_context(inner):
-        if out.logits.shape[1] == 1 and _head_matches(head, h, out.logits):
-            lp, ent = _gather_logps(head, h, labels, ignore_index, out.logits.shape[-1], chunk_tokens, temperature, entropy)
-            return ResponseScores(lp, ent, h if hidden else None)
-    warnings.warn(f"response_logps: {type(inner).__name__}'s logits are not its output embedding of its last hidden state; using the full logits")
-    return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs, **opts)
+    fwd = _head_forward("response_logps", model, input_ids, attention_mask, kwargs)
+    if fwd is None: return _full_path(model, input_ids, attention_mask, labels, ignore_index, kwargs, **opts)
+    h, head, V, ctx = fwd
+    with ctx: lp, ent = _gather_logps(head, h, labels, ignore_index, V, chunk_tokens, temperature, entropy)
+    return ResponseScores(lp, ent if entropy else None, h if hidden else None)
 
 def response_logps(model: nn.Module, # a causal LM, possibly wrapped by DDP / accelerate or peft
                    input_ids: torch.Tensor, # (B, T)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14b_dpo_trainer.ipynb #ef62efb4
 from __future__ import annotations
-import hashlib, json, os, shutil
+import hashlib, json, os, shutil, warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -17,22 +17,29 @@ import datasets
 import pyarrow.compute as pa_compute
 from tqdm.auto import tqdm
 from .core import sequence_logps, response_logps, masked_mean
+from .core import _head_forward, _pick_logps, _check_labels, _unwrap, _acc
 from .models import reference_model, frozen_copy, is_peft
-from .data import tokenize_preferences, PreferenceCollator
+from .data import tokenize_preferences, PreferenceCollator, pad_sequences, _scalars, _check_pad_id
 from .train import TrainConfig, Trainer, evaluate, process_state
 from .dpo import dpo_loss, preference_metrics, get_loss
 
 # %% auto #0
-__all__ = ['concatenated_logps', 'reference_logps', 'data_fingerprint', 'model_fingerprint', 'precompute_reference_logps',
-           'preference_batch', 'evaluate_preferences', 'DPOConfig', 'dpo']
+__all__ = ['concatenated_logps', 'shared_prompt_mask', 'SharedPromptCollator', 'preference_collator', 'shared_prompt_logps',
+           'reference_logps', 'data_fingerprint', 'model_fingerprint', 'precompute_reference_logps', 'preference_batch',
+           'evaluate_preferences', 'DPOConfig', 'dpo']
 
 # %% ../nbs/14b_dpo_trainer.ipynb #2c05e872
 def concatenated_logps(model: nn.Module, # the policy (or the reference): a causal LM
                        batch: dict, # from `PreferenceCollator`: input_ids, attention_mask, labels (2B, T), chosen rows first
                        average: bool = False, # mean over response tokens instead of the sum
                        padding_free: bool = False, # the 2B rows packed into one row of their real tokens (`response_logps`)
+                       shared_prompt: bool = False, # `batch` is from `SharedPromptCollator`: one row per pair (`shared_prompt_logps`)
                       ) -> tuple[torch.Tensor, torch.Tensor]: # chosen_logps (B,), rejected_logps (B,)
-    "Per-sequence log-probs of the chosen and the rejected responses from one forward pass over the stacked (2B, T) batch."
+    "Per-sequence log-probs of the chosen and the rejected responses from one forward pass over the stacked (2B, T) batch (or the shared-prompt one)."
+    if shared_prompt:
+        if padding_free: raise ValueError("concatenated_logps: padding_free and shared_prompt are two layouts of a batch; choose one")
+        return shared_prompt_logps(model, batch, average)
+    if "sources" in batch: raise ValueError("concatenated_logps: this batch is from SharedPromptCollator; pass shared_prompt=True")
     n = batch["input_ids"].shape[0]
     if n % 2: raise ValueError(f"concatenated_logps: the batch has {n} rows; expected the chosen rows then the rejected rows (2B)")
     lp = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], use_cache=False,
@@ -40,16 +47,103 @@ def concatenated_logps(model: nn.Module, # the policy (or the reference): a caus
     logps = masked_mean(lp, batch["labels"][:, 1:] != -100, dim=-1) if average else lp.sum(-1)                # (2B,)
     return logps[: n // 2], logps[n // 2:]
 
+# %% ../nbs/14b_dpo_trainer.ipynb #a6b40dc9
+def _shared_prefix(row: dict) -> int:
+    "P: how many leading tokens `chosen_input_ids` and `rejected_input_ids` share with labels -100 in both (the prompt)."
+    c, lc, r, lr = (row[f"{f}_{k}"] for f in ("chosen", "rejected") for k in ("input_ids", "labels"))
+    P, n = 0, min(len(c), len(r))
+    while P < n and c[P] == r[P] and lc[P] == -100 and lr[P] == -100: P += 1
+    return P
+
+def _shared_row(row: dict) -> tuple[list, list, list, list, list]:
+    "One pair as prompt | chosen | rejected: ids, positions, segments (0 prompt, 1 chosen, 2 rejected), labels, source positions."
+    P = _shared_prefix(row)
+    ids, pos, seg, lab, src = list(row["chosen_input_ids"][:P]), list(range(P)), [0] * P, [-100] * P, [0] * P
+    for s, f in ((1, "chosen"), (2, "rejected")):
+        x, y, start = list(row[f"{f}_input_ids"][P:]), list(row[f"{f}_labels"][P:]), len(ids)
+        ids += x; pos += range(P, P + len(x)); seg += [s] * len(x)
+        src += [max(P - 1, 0) if k == 0 else start + k - 1 for k in range(len(x))]   # token 0 of a response: the prompt's last
+        lab += [-100 if k == 0 and P == 0 else v for k, v in enumerate(y)]            # no prompt: token 0 has no predictor
+    return ids, pos, seg, lab, src
+
+# %% ../nbs/14b_dpo_trainer.ipynb #7d6b2f4d
+def shared_prompt_mask(segments: torch.Tensor, # (B, L) 0 prompt, 1 chosen, 2 rejected, -1 padding
+                      ) -> torch.Tensor: # (B, 1, L, L) bool, True = query row may attend to key column
+    "Causal attention in which a token sees the prompt and its own segment only, and padding sees padding only."
+    q, k = segments[:, :, None], segments[:, None, :]                        # (B, L, 1), (B, 1, L)
+    causal = torch.ones(segments.shape[1], segments.shape[1], dtype=torch.bool, device=segments.device).tril()   # (L, L)
+    return (causal & (((k == 0) & (q >= 0)) | (k == q)))[:, None]            # (B, 1, L, L)
+
+_SHARED_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "sources", "segments")
+
+class SharedPromptCollator:
+    "One right-padded row per pair, prompt | chosen | rejected: ids, positions, labels, sources, segments (B, L) and a (B, 1, L, L) mask."
+    def __init__(self, pad_token_id: int): self.pad_token_id = _check_pad_id(pad_token_id)
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        for f in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"):
+            if f not in rows[0]: raise ValueError(f"SharedPromptCollator: rows need {f!r} (from tokenize_preferences); got {sorted(rows[0])}")
+        parts = list(zip(*(_shared_row(r) for r in rows)))                   # ids, positions, segments, labels, sources
+        (ids, _), (pos, _), (seg, _), (lab, _), (src, _) = (pad_sequences(p, v) for p, v in zip(parts, (self.pad_token_id, 0, -1, -100, 0)))
+        return {"input_ids": ids, "attention_mask": shared_prompt_mask(seg), "position_ids": pos, "labels": lab, "sources": src,
+                "segments": seg, **_scalars(rows)}
+
+def preference_collator(pad_token_id: int, shared_prompt: bool = False) -> Callable:
+    "`SharedPromptCollator` when `shared_prompt`, else `PreferenceCollator` (chosen rows, then rejected rows)."
+    return (SharedPromptCollator if shared_prompt else PreferenceCollator)(pad_token_id)
+
+# %% ../nbs/14b_dpo_trainer.ipynb #d55911ba
+def _model_attention_mask(model: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    "The (B, 1, L, L) bool mask as `model`'s attention takes a 4D mask as is: bool for sdpa, additive float (0 / min) for eager."
+    impl = getattr(getattr(_unwrap(model), "config", None), "_attn_implementation", None) or "sdpa"
+    if impl == "sdpa": return mask
+    if impl == "eager":
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    raise ValueError(f"shared_prompt: attn_implementation={impl!r} takes no 4D attention mask; load the model with "
+                     "attn_implementation='sdpa' or 'eager', or set shared_prompt=False")
+
+def _source_logps(model: nn.Module, batch: dict, b: torch.Tensor, s: torch.Tensor, y: torch.Tensor, chunk_tokens: int | None) -> torch.Tensor:
+    "log π(y_i | row b_i up to position s_i) for N scored tokens, (N,) fp32: the head on the N source positions, or the full logits."
+    kw = dict(position_ids=batch["position_ids"], use_cache=False)
+    ids, mask = batch["input_ids"], _model_attention_mask(model, batch["attention_mask"])
+    if (fwd := _head_forward("shared_prompt_logps", model, ids, mask, kw)) is not None:
+        h, head, V, ctx = fwd                                                  # (B, L, H) after the final norm
+        _check_labels("shared_prompt_logps", y, V, -100)
+        with ctx: return _pick_logps(head, h[b, s], y, V, chunk_tokens)[0]
+    logits = model(input_ids=ids, attention_mask=mask, **kw).logits           # (B, L, V)
+    _check_labels("shared_prompt_logps", y, logits.shape[-1], -100)
+    z = logits[b, s].to(_acc(logits))                                          # (N, V) the scored tokens' predictors only
+    return z.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+def shared_prompt_logps(model: nn.Module, # the policy (or the reference): a causal LM
+                        batch: dict, # from `SharedPromptCollator`
+                        average: bool = False, # mean over response tokens instead of the sum
+                        chunk_tokens: int | None = None, # positions per head call; None: ~128 MiB of fp32 logits per chunk
+                       ) -> tuple[torch.Tensor, torch.Tensor]: # chosen_logps (B,), rejected_logps (B,)
+    "Per-sequence log-probs of the chosen and the rejected responses of a shared-prompt batch, from one forward pass."
+    if missing := [k for k in _SHARED_KEYS if k not in batch]:
+        raise ValueError(f"shared_prompt_logps: the batch has no {missing}; make it with SharedPromptCollator (not PreferenceCollator)")
+    y, seg = batch["labels"], batch["segments"]                               # (B, L)
+    b, t = (y != -100).nonzero(as_tuple=True)                                 # (N,) the scored tokens
+    if (seg[b, t] < 1).any(): raise ValueError("shared_prompt_logps: a scored label lies outside the chosen and rejected segments")
+    lp = _source_logps(model, batch, b, batch["sources"][b, t], y[b, t], chunk_tokens)   # (N,)
+    lp = lp.to(_acc(lp))                                                      # fp32 (float64 for a float64 model where core gives it)
+    at = b * 2 + seg[b, t] - 1                                                # (N,) 2·pair + 0 chosen / 1 rejected
+    sums = torch.zeros(2 * len(y), dtype=lp.dtype, device=lp.device).index_add(0, at, lp).view(-1, 2)   # (B, 2)
+    if average: sums = sums / torch.bincount(at, minlength=2 * len(y)).view(-1, 2).clamp(min=1)
+    return sums[:, 0], sums[:, 1]
+
 # %% ../nbs/14b_dpo_trainer.ipynb #4bf88dc1
 def reference_logps(policy: nn.Module, # the policy being trained
                     ref: nn.Module | None, # a separate reference model; None = `policy` with its LoRA adapters off
                     batch: dict, # a (2B, T) preference batch, possibly with precomputed `ref_chosen_logps` / `ref_rejected_logps`
                     average: bool = False, # mean over response tokens instead of the sum
                     padding_free: bool = False, # as in `concatenated_logps`
+                    shared_prompt: bool = False, # as in `concatenated_logps`
                    ) -> tuple[torch.Tensor, torch.Tensor]: # ref_chosen_logps (B,), ref_rejected_logps (B,)
     "Reference log-probs of the chosen and rejected responses: the batch's precomputed columns if present, else a no-grad forward."
     if "ref_chosen_logps" in batch: return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-    with reference_model(policy, ref) as m: return concatenated_logps(m, batch, average, padding_free)
+    with reference_model(policy, ref) as m: return concatenated_logps(m, batch, average, padding_free, shared_prompt)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #c1a88d8d
 _REF_COLUMNS, _REF_NOTE = ("ref_chosen_logps", "ref_rejected_logps"), "rlhf_nb_reference.json"
@@ -174,9 +268,11 @@ def precompute_reference_logps(ref_or_policy: nn.Module, # the reference model, 
                                cache: str | Path | None = None, # folder: loaded if it was made for this data, model and reduction, else written
                                progress: bool = True, # a progress bar on the main process
                                padding_free: bool = False, # as in `concatenated_logps` (the same numbers, to rounding)
+                               shared_prompt: bool = False, # one row per pair (`SharedPromptCollator`); the same numbers, to rounding
                               ) -> datasets.Dataset:
     "`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, computed in one no-grad pass (or loaded from a matching `cache`)."
-    return _precompute(ref_or_policy, dataset, PreferenceCollator(pad_token_id), lambda m, b: concatenated_logps(m, b, average, padding_free),
+    return _precompute(ref_or_policy, dataset, preference_collator(pad_token_id, shared_prompt),
+                       lambda m, b: concatenated_logps(m, b, average, padding_free, shared_prompt),
                        _REF_COLUMNS, _PAIR_COLUMNS, "mean" if average else "sum", batch_size, cache, progress)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #722eb90c
@@ -188,12 +284,13 @@ def preference_batch(model: nn.Module, # the policy
                      reference_free: bool = False, # no reference at all: `loss_fn` gets the policy's two log-probs only (SimPO, ORPO)
                      metrics_fn: Callable | None = None, # (pc, pr) -> more metrics for this objective, e.g. ORPO's log-odds
                      padding_free: bool = False, # policy and reference passes on the batch packed into one row (`response_logps`)
+                     shared_prompt: bool = False, # `batch` is from `SharedPromptCollator`: one row per pair, the prompt once
                      **loss_kwargs, # passed to `loss_fn`: beta, label_smoothing, tau, ...
                     ) -> tuple[torch.Tensor, dict]: # mean loss, metrics
     "One preference-optimisation step: policy and reference log-probs, `loss_fn`, the mean loss and TRL-named metrics."
     # the reference first: its activations are freed before the policy's, kept for backward, pile up (a lower peak)
-    ref_logps = () if reference_free else reference_logps(model, ref, batch, average, padding_free)   # (B,), (B,) no grad; or nothing
-    policy_chosen_logps, policy_rejected_logps = concatenated_logps(model, batch, average, padding_free)   # (B,), (B,) one forward
+    ref_logps = () if reference_free else reference_logps(model, ref, batch, average, padding_free, shared_prompt)   # (B,), (B,) no grad; or nothing
+    policy_chosen_logps, policy_rejected_logps = concatenated_logps(model, batch, average, padding_free, shared_prompt)   # (B,), (B,) one forward
     losses, chosen_rewards, rejected_rewards = loss_fn(policy_chosen_logps, policy_rejected_logps, *ref_logps, **loss_kwargs)
     metrics = preference_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
     if metrics_fn is not None: metrics.update(metrics_fn(policy_chosen_logps.detach(), policy_rejected_logps.detach()))
@@ -210,14 +307,21 @@ def evaluate_preferences(model: nn.Module, # the policy
                          reference_free: bool = False, # as in `preference_batch`: no reference, a loss of the policy's log-probs
                          metrics_fn: Callable | None = None, # as in `preference_batch`
                          padding_free: bool = False, # as in `preference_batch`
+                         shared_prompt: bool = False, # as in `preference_batch` (and the batches are made by `SharedPromptCollator`)
                          **loss_kwargs, # beta, label_smoothing, tau, ...
                         ) -> dict[str, float]: # "loss" and the `preference_metrics`, averaged over pairs
     "Loss and preference metrics of `model` on `dataset`, averaged over pairs, without gradients and in eval mode."
     if ref is not None: ref.to(next(model.parameters()).device)          # both models on the policy's device
-    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, reference_free, metrics_fn, padding_free, **loss_kwargs)
-    return evaluate(model, fn, dataset, PreferenceCollator(pad_token_id), batch_size=batch_size)
+    fn = lambda m, b: preference_batch(m, b, loss_fn, ref, average, reference_free, metrics_fn, padding_free, shared_prompt,
+                                      **loss_kwargs)
+    return evaluate(model, fn, dataset, preference_collator(pad_token_id, shared_prompt), batch_size=batch_size)
 
 # %% ../nbs/14b_dpo_trainer.ipynb #a5c08956
+def _check_layout(cfg):
+    "padding_free and shared_prompt are two layouts of a preference batch: refuse both at once."
+    if cfg.padding_free and cfg.shared_prompt:
+        raise ValueError(f"{type(cfg).__name__}: padding_free=True and shared_prompt=True are two layouts of a batch; choose one")
+
 @dataclass
 class DPOConfig:
     "What DPO minimises, and how its data and its reference are prepared."
@@ -233,9 +337,11 @@ class DPOConfig:
     precompute_ref: bool = False          # reference log-probs in one pass before training; no reference model in memory
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
     padding_free: bool = False            # pack each batch into one row of its real tokens (policy and reference): no compute on padding
+    shared_prompt: bool = False           # one row per pair, prompt | chosen | rejected (policy and reference): the prompt once
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges
+        _check_layout(self)
         get_loss(self.loss)                                               # an unknown name fails here, not after loading a model
         check_ranges(self, beta=">0", label_smoothing="[0,0.5)", max_length=">=1", max_prompt_length=">=1", num_proc=">=1")
 
@@ -263,13 +369,14 @@ def _setup_reference(model, ref_model, ds, precompute: Callable | None = None):
 def _precompute_pairs(reference, ds, pad_token_id: int, batch_size: int, cfg, progress: bool = True):
     "`precompute_reference_logps` with a config's reduction and cache."
     return precompute_reference_logps(reference, ds, pad_token_id, batch_size, cfg.average_logps, cfg.ref_cache, progress,
-                                      cfg.padding_free)
+                                      cfg.padding_free, cfg.shared_prompt)
 
 def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, ref_model, loss_fn: Callable,
                      eval_rows=None, callbacks=(), objective: str = "dpo", run_info=None, reference_free: bool = False,
                      metrics_fn: Callable | None = None, **loss_kwargs) -> Trainer:
     "Tokenize preference `rows` (and `eval_rows`), set up the reference (none when `reference_free`), and minimise `loss_fn` with `preference_batch` in the shared loop."
-    _check_loss(loss_fn, loss_kwargs, reference_free)
+    _check_loss(loss_fn, loss_kwargs, reference_free); _check_layout(cfg)
+    shared = cfg.shared_prompt
     if reference_free and ref_model is not None: raise ValueError(f"{objective}: a reference-free objective takes no ref_model")
     config = config or TrainConfig()
     tok = lambda r: tokenize_preferences(r, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
@@ -283,8 +390,8 @@ def _fit_preferences(model, tokenizer, rows, config: TrainConfig | None, cfg, re
             eval_ds, _ = _setup_reference(model, ref_model, eval_ds, partial(pre, cfg=replace(cfg, ref_cache=None)))
         ds, ref = _setup_reference(model, ref_model, ds, pre if cfg.precompute_ref else None)
     batch_fn = partial(preference_batch, loss_fn=loss_fn, ref=ref, average=cfg.average_logps, reference_free=reference_free,
-                       metrics_fn=metrics_fn, padding_free=cfg.padding_free, **loss_kwargs)
-    trainer = Trainer(model, batch_fn, ds, PreferenceCollator(tokenizer.pad_token_id), config, tokenizer=tokenizer,
+                       metrics_fn=metrics_fn, padding_free=cfg.padding_free, shared_prompt=shared, **loss_kwargs)
+    trainer = Trainer(model, batch_fn, ds, preference_collator(tokenizer.pad_token_id, shared), config, tokenizer=tokenizer,
                       frozen=() if ref is None else (ref,), eval_dataset=eval_ds, callbacks=callbacks,
                       record=dict(objective=objective, objective_config=cfg, data_report=report, extra=run_info))
     trainer.fit()

@@ -41,6 +41,7 @@ class IPOConfig:
     precompute_ref: bool = False          # reference log-probs in one pass before training (with the same reduction)
     ref_cache: str | None = None          # with precompute_ref: a folder to load them from, or to write them to
     padding_free: bool = False            # pack each batch into one row of its real tokens (policy and reference): no compute on padding
+    shared_prompt: bool = False           # one row per pair, prompt | chosen | rejected (policy and reference): the prompt once
 
     def __post_init__(self):
         from rlhf_nb.config import check_ranges

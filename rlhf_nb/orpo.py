@@ -65,6 +65,7 @@ class ORPOConfig:
     chat_template_kwargs: dict | None = None  # extra arguments of the chat template, e.g. {"enable_thinking": False}
     num_proc: int | None = None           # render and tokenize the data in this many processes (Dataset.map)
     padding_free: bool = False            # pack each batch into one row of its real tokens: no compute on padding
+    shared_prompt: bool = False           # one row per pair, prompt | chosen | rejected: the prompt once
     average_logps = True                  # not a setting: ORPO's likelihoods are per-token means (eq. 1)
 
     def __post_init__(self):
