@@ -75,8 +75,8 @@ def _sample_and_score(policy, reference, tokenizer, prompts: list[str], n_sample
     for i in range(0, len(ds), batch_size):
         b = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
         seq = sample_responses(policy, b["input_ids"].to(dev), b["attention_mask"].to(dev), tokenizer, cfg)
-        logps, ref_logps = (response_logps(m, seq["input_ids"], seq["attention_mask"], seq["labels"], position_ids=seq["position_ids"],
-                                           use_cache=False).sum(-1) for m in (policy, reference))  # (b,)
+        kw = {k: seq[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        logps, ref_logps = (response_logps(m, **kw, labels=seq["labels"], use_cache=False).sum(-1) for m in (policy, reference))  # (b,)
         kls += (logps - ref_logps).tolist(); ended += seq["ended"].tolist()
         if reward_model is not None: proxy += scalar_scores(reward_model, **kw).tolist()           # the proxy's score of prompt + response
         texts += [tokenizer.decode([t for t in row[row != -100].tolist() if t != tokenizer.eos_token_id]) for row in seq["labels"]]
