@@ -153,7 +153,10 @@ def preference_metrics(chosen_rewards: torch.Tensor, # (B,) implicit rewards of 
 _TRAINER_NAMES = {"concatenated_logps", "reference_logps", "_REF_COLUMNS", "_REF_NOTE", "_PAIR_COLUMNS", "_reference_pass", "_sha",
                   "data_fingerprint", "_VOLATILE", "_base_name", "_weights_signature", "model_fingerprint", "_cache_key", "_mismatch",
                   "_save_reference", "_load_reference", "_precompute", "precompute_reference_logps", "preference_batch",
-                  "evaluate_preferences", "DPOConfig", "_check_loss", "_setup_reference", "_precompute_pairs", "_fit_preferences", "dpo"}
+                  "evaluate_preferences", "DPOConfig", "_check_loss", "_setup_reference", "_precompute_pairs", "_fit_preferences", "dpo",
+                  # added after the split, reachable here too
+                  "SharedPromptCollator", "_check_layout", "_model_attention_mask", "_shared_prefix", "_shared_row", "_source_logps",
+                  "preference_collator", "shared_prompt_logps", "shared_prompt_mask"}
 # imported by rlhf_nb.dpo before the split (and by rlhf_nb.dpo_trainer now)
 _TRAINER_IMPORTS = {"hashlib", "json", "os", "shutil", "dataclass", "field", "replace", "partial", "Path", "nn", "DataLoader", "datasets",
                     "pa_compute", "tqdm", "sequence_logps", "reference_model", "frozen_copy", "is_peft", "tokenize_preferences",

@@ -95,7 +95,7 @@ def ppo_value_loss(values: torch.Tensor, # (B, T) V_θ(s) now (with grad)
 # %% ../nbs/13_ppo.ipynb #e5abe18f
 # defined in rlhf_nb.ppo_trainer
 _TRAINER_NAMES = {"PPOConfig", "kl_controller", "truncate_at_stop", "position_ids_from_mask", "_plain_sampling", "sample_responses",
-                  "_texts", "score_responses", "value_model_from", "PolicyAndValue", "save_pretrained", "pretrained_parts",
+                  "_SamplerRecord", "_texts", "score_responses", "value_model_from", "PolicyAndValue", "save_pretrained", "pretrained_parts",
                   "_score_tokens", "explained_variance", "_rollout_metrics", "rollout", "rollout_minibatches",
                   "ppo_batch", "_KLState", "_rollout_rng", "ppo_experience", "_check_ppo_args", "_loop_config", "ppo_evaluator", "ppo"}
 # imported by rlhf_nb.ppo before the split (and by rlhf_nb.ppo_trainer now)
