@@ -399,11 +399,17 @@ def main(argv: list[str] | None = None):
     if _main_process(): _write_config(a.command, configs)
     return COMMANDS[a.command].run(configs)
 
+def _close_process_group():
+    "Tear down torch.distributed (set up by accelerate under torchrun) before the interpreter exits, not during its teardown."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+
 def entry():
     "The console script: `main` with bad input reported as one line on stderr and exit code 1, not a traceback."
     try: main()
     except (ValueError, OSError, KeyError) as e:             # OSError: a model or file that cannot be found or read
         print(f"rlhf_nb: error: {e}", file=sys.stderr); sys.exit(1)
+    finally: _close_process_group()                          # a gloo group left to the exit handlers can abort a rank (SIGABRT)
 
 # %% ../nbs/40_cli.ipynb #5c9de5c8
 #| eval: false
